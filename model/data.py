@@ -1,0 +1,195 @@
+"""Datasets of frame folders or video files, frame labels, and the one preprocessing function.
+
+Layout: ROOT/{training,testing}/frames/VIDEO/NNN.(jpg|png|tif), or ROOT/{training,testing}/videos/*.avi|mp4
+(also video files directly under ROOT/{split}/frames or ROOT/{split}). Labels: ROOT/testing/ground_truth.json
+as {"videos": {"01": {"frames": 180, "anomalous": [[60, 179]]}, ...}} (inclusive, 0-based).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .network import DESDnetConfig
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+VIDEO_SUFFIXES = (".avi", ".mp4", ".mkv", ".mov")
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be read; the message names the file and the problem."""
+
+
+def resize_frame(frame: np.ndarray, config: DESDnetConfig) -> np.ndarray:
+    """Decoded BGR/gray uint8 frame (H, W[, 3]) -> uint8 (S, S, C) at the model's size and channels.
+
+    The service, the trainer and the evaluator all go through this function, so a frame pushed over
+    HTTP scores exactly as the same frame read from disk.
+    """
+    if frame.ndim == 2:
+        frame = frame[:, :, None]
+    if frame.shape[2] == 4:
+        frame = frame[:, :, :3]
+    if config.channels == 1 and frame.shape[2] == 3:
+        frame = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)[:, :, None]
+    elif config.channels == 3 and frame.shape[2] == 1:
+        frame = np.repeat(frame, 3, axis=2)
+    elif config.channels == 3:
+        frame = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+    size = config.image_size
+    resized = cv2.resize(frame, (size, size), interpolation=cv2.INTER_AREA)
+    return resized.reshape(size, size, config.channels)
+
+
+def to_model_range(frames: np.ndarray) -> np.ndarray:
+    """uint8 (..., S, S, C) -> float32 (..., C, S, S) in [-1, 1]."""
+    x = frames.astype(np.float32) / 127.5 - 1.0
+    return np.moveaxis(x, -1, -3)
+
+
+def read_image(path: Path) -> np.ndarray:
+    frame = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if frame is None:
+        raise DatasetError(f"{path}: cannot decode this image")
+    if frame.dtype != np.uint8:
+        frame = cv2.normalize(frame, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    return frame
+
+
+@dataclass(frozen=True)
+class Video:
+    """One video: either an ordered list of frame files or one video file."""
+
+    name: str
+    frame_paths: tuple[Path, ...] = ()
+    video_path: Path | None = None
+
+    @property
+    def source(self) -> Path:
+        return self.video_path or self.frame_paths[0].parent
+
+    def read(self, config: DESDnetConfig) -> np.ndarray:
+        """All frames resized: uint8 (N, S, S, C)."""
+        frames = []
+        if self.video_path is not None:
+            capture = cv2.VideoCapture(str(self.video_path))
+            try:
+                if not capture.isOpened():
+                    raise DatasetError(f"{self.video_path}: cannot open this video file")
+                while True:
+                    ok, frame = capture.read()
+                    if not ok:
+                        break
+                    frames.append(resize_frame(frame, config))
+            finally:
+                capture.release()
+        else:
+            frames = [resize_frame(read_image(p), config) for p in self.frame_paths]
+        if not frames:
+            raise DatasetError(f"{self.source}: no frames could be read")
+        return np.stack(frames)
+
+
+def list_videos(split_dir: Path) -> list[Video]:
+    """The videos of one split folder, sorted by name."""
+    if not split_dir.is_dir():
+        raise DatasetError(f"{split_dir}: no such folder")
+    base = split_dir / "frames" if (split_dir / "frames").is_dir() else split_dir
+    videos: list[Video] = []
+    for entry in sorted(base.iterdir()):
+        if entry.is_dir():
+            frames = tuple(
+                sorted(p for p in entry.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            )
+            if frames:
+                videos.append(Video(entry.name, frame_paths=frames))
+        elif entry.suffix.lower() in VIDEO_SUFFIXES:
+            videos.append(Video(entry.stem, video_path=entry))
+    if not videos and (split_dir / "videos").is_dir():
+        return list_videos(split_dir / "videos")
+    if not videos:
+        raise DatasetError(
+            f"{base}: no videos found (expected VIDEO/NNN.jpg frame folders or .avi/.mp4 files)"
+        )
+    return videos
+
+
+def file_list_hash(videos: list[Video]) -> str:
+    """sha256 over the relative file names: pins which files a model was trained on."""
+    digest = hashlib.sha256()
+    for video in videos:
+        paths = video.frame_paths or ((video.video_path,) if video.video_path else ())
+        for p in paths:
+            digest.update(f"{video.name}/{p.name}\n".encode())
+    return digest.hexdigest()
+
+
+def load_labels(root: Path, videos: list[Video], frame_counts: list[int]) -> list[np.ndarray]:
+    """Per-video 0/1 frame labels from ROOT/testing/ground_truth.json, checked against the frames."""
+    path = root / "testing" / "ground_truth.json"
+    if not path.is_file():
+        raise DatasetError(f"{path}: missing (frame-level labels are needed to evaluate)")
+    try:
+        data = json.loads(path.read_text())
+        table = data["videos"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise DatasetError(f"{path}: not a ground-truth file ({exc})") from exc
+    labels = []
+    for video, count in zip(videos, frame_counts, strict=True):
+        if video.name not in table:
+            raise DatasetError(f"{path}: no labels for video {video.name!r}")
+        entry = table[video.name]
+        declared = int(entry.get("frames", count))
+        if declared != count:
+            raise DatasetError(
+                f"{path}: video {video.name!r} has {count} frames but the labels declare {declared}"
+            )
+        label = np.zeros(count, dtype=np.int64)
+        for start, end in entry.get("anomalous", []):
+            if not 0 <= start <= end < count:
+                raise DatasetError(
+                    f"{path}: video {video.name!r} interval [{start}, {end}] lies outside its {count} frames"
+                )
+            label[start : end + 1] = 1
+        labels.append(label)
+    return labels
+
+
+@dataclass
+class FrameSet:
+    """Frames of a split held in memory as uint8 (N, S, S, C) per video, with clip indices."""
+
+    videos: list[Video]
+    frames: list[np.ndarray]
+
+    @classmethod
+    def load(cls, split_dir: Path, config: DESDnetConfig, videos: list[Video] | None = None) -> FrameSet:
+        videos = videos if videos is not None else list_videos(split_dir)
+        frames = []
+        for video in videos:
+            array = video.read(config)
+            if len(array) < config.frames:
+                raise DatasetError(
+                    f"{video.source}: {len(array)} frames, fewer than the {config.frames} a clip needs"
+                )
+            frames.append(array)
+        return cls(videos, frames)
+
+    def clip_index(self, frames: int) -> np.ndarray:
+        """(N, 2) rows of (video, t) for every clip whose current frame t has t >= frames - 1."""
+        rows = [
+            (v, t) for v, array in enumerate(self.frames) for t in range(frames - 1, len(array))
+        ]
+        return np.asarray(rows, dtype=np.int64)
+
+    def clips(self, index: np.ndarray, frames: int) -> np.ndarray:
+        """Clip batch as float32 (B, T*C, S, S) in [-1, 1] for the (video, t) rows given."""
+        stacks = [self.frames[v][t - frames + 1 : t + 1] for v, t in index]
+        x = to_model_range(np.stack(stacks))  # (B, T, C, S, S)
+        b, t, c, h, w = x.shape
+        return np.ascontiguousarray(x.reshape(b, t * c, h, w))

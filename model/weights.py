@@ -1,0 +1,170 @@
+"""Weights files: safetensors holding the network, the SVDD centre, and JSON metadata.
+
+Metadata keys: "format" ("desdnet-weights/1"), "config" (DESDnetConfig JSON), "svdd_radius",
+"calibration" (score statistics on normal frames, see `Calibration`), "training" (free-form JSON).
+The SVDD centre is the tensor "svdd.center". Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .network import DESDnet, DESDnetConfig
+
+FORMAT = "desdnet-weights/1"
+CENTER_KEY = "svdd.center"
+
+
+class WeightsError(ValueError):
+    """A weights file that cannot be used; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Statistics of the raw patch score on normal frames the model did not train on.
+
+    The causal score normalises with these: z = (log(score) - log_mean) / log_std.
+    `threshold` is the default anomaly threshold on the normalised score.
+    """
+
+    count: int = 0
+    mean: float = 0.0
+    std: float = 1.0
+    log_mean: float = 0.0
+    log_std: float = 1.0
+    quantiles: dict[str, float] = field(default_factory=dict)
+    threshold: float = 3.0
+
+    def normalize(self, score: float) -> float:
+        import math
+
+        return (math.log(max(score, 1e-12)) - self.log_mean) / max(self.log_std, 1e-12)
+
+    @classmethod
+    def from_scores(cls, scores: torch.Tensor) -> Calibration:
+        s = scores.double().clamp_min(1e-12)
+        logs = s.log()
+        qs = {f"p{q:g}": float(torch.quantile(s, q / 100)) for q in (50, 90, 95, 99, 99.9)}
+        qs["max"] = float(s.max())
+        log_std = float(logs.std()) if len(s) > 1 else 1.0
+        log_mean = float(logs.mean())
+        # Default threshold: the normalised score of the largest normal score seen, plus a margin.
+        top = (float(logs.max()) - log_mean) / max(log_std, 1e-12)
+        return cls(
+            count=len(s),
+            mean=float(s.mean()),
+            std=float(s.std()) if len(s) > 1 else 0.0,
+            log_mean=log_mean,
+            log_std=log_std,
+            quantiles=qs,
+            threshold=round(top + 0.5, 3),
+        )
+
+
+@dataclass
+class LoadedWeights:
+    model: DESDnet
+    config: DESDnetConfig
+    center: torch.Tensor | None
+    radius: float
+    calibration: Calibration
+    training: dict[str, object]
+    path: Path
+
+
+def save_weights(
+    path: Path,
+    model: DESDnet,
+    center: torch.Tensor | None,
+    radius: float,
+    calibration: Calibration,
+    training: dict[str, object],
+) -> None:
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if center is not None:
+        tensors[CENTER_KEY] = center.detach().cpu().float().contiguous()
+    metadata = {
+        "format": FORMAT,
+        "config": model.config.to_json(),
+        "svdd_radius": repr(float(radius)),
+        "calibration": json.dumps(asdict(calibration)),
+        "training": json.dumps(training, default=str),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    tmp.replace(path)
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return dict(handle.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise WeightsError(f"{path}: not a readable safetensors file ({exc})") from exc
+
+
+def load_weights(
+    path: Path | str, expect: DESDnetConfig | None = None, device: str | torch.device = "cpu"
+) -> LoadedWeights:
+    """Load and check a weights file. `expect` refuses a file of another configuration."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such weights file")
+    metadata = read_metadata(path)
+    if metadata.get("format") != FORMAT or "config" not in metadata:
+        raise WeightsError(f"{path}: not a DESDnet weights file (metadata format is {metadata.get('format')!r})")
+    try:
+        config = DESDnetConfig.from_json(metadata["config"])
+    except (ValueError, TypeError) as exc:
+        raise WeightsError(f"{path}: invalid configuration in metadata ({exc})") from exc
+    if expect is not None and expect != config:
+        diff = {
+            k: (v, getattr(config, k))
+            for k, v in json.loads(expect.to_json()).items()
+            if getattr(config, k) != v
+        }
+        raise WeightsError(
+            f"{path}: weights are for another configuration; differs in "
+            + ", ".join(f"{k} (expected {a}, file has {b})" for k, (a, b) in diff.items())
+        )
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise WeightsError(f"{path}: cannot read tensors ({exc})") from exc
+    center = tensors.pop(CENTER_KEY, None)
+    model = DESDnet(config)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong = sorted(
+        f"{k} (expected {tuple(expected[k].shape)}, file has {tuple(tensors[k].shape)})"
+        for k in set(expected) & set(tensors)
+        if expected[k].shape != tensors[k].shape
+    )
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} tensors (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected tensors (e.g. {', '.join(unexpected[:3])})")
+        if wrong:
+            parts.append(f"{len(wrong)} of other shapes (e.g. {', '.join(wrong[:3])})")
+        raise WeightsError(f"{path}: tensors do not match its configuration: " + "; ".join(parts))
+    model.load_state_dict(tensors)
+    model.eval().to(device)
+    try:
+        calibration = Calibration(**json.loads(metadata.get("calibration", "{}")))
+        radius = float(metadata.get("svdd_radius", "0"))
+        training = json.loads(metadata.get("training", "{}"))
+    except (ValueError, TypeError) as exc:
+        raise WeightsError(f"{path}: invalid metadata ({exc})") from exc
+    return LoadedWeights(model, config, center, radius, calibration, training, path)

@@ -1,0 +1,1 @@
+"""The real-time anomaly detection service: sources, ring buffers, inference worker, API, metrics."""

@@ -1,0 +1,190 @@
+"""`vad`: train, evaluate, info, export, serve, bench.
+
+Heavy imports happen inside each command so `vad --help` stays fast. Errors the user can fix are
+printed as one line naming the file and the problem, with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "ped2-lite.safetensors"
+
+
+class CliError(Exception):
+    pass
+
+
+def _config_from_args(args: argparse.Namespace):  # -> DESDnetConfig
+    from model import DESDnetConfig
+
+    config = DESDnetConfig.named(args.config)
+    changes = {}
+    if getattr(args, "image_size", None):
+        scale = args.image_size / config.image_size
+        changes.update(
+            image_size=args.image_size,
+            patch_size=max(1, round(config.patch_size * scale)),
+            patch_stride=max(1, round(config.patch_stride * scale)),
+        )
+    if getattr(args, "width", None):
+        changes["base_width"] = args.width
+    if getattr(args, "channels", None):
+        changes["channels"] = args.channels
+    if getattr(args, "mode", "both") != "both":
+        changes["use_prediction"] = args.mode == "prediction"
+        changes["use_reconstruction"] = args.mode == "reconstruction"
+    return config.with_(**changes) if changes else config
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    from model.network import DESDnet, count_flops
+
+    config = _config_from_args(args)
+    net = DESDnet(config)
+    print(f"configuration: {args.config}  {config.to_json()}")
+    print(f"parameters: {net.num_parameters() / 1e6:.2f} M "
+          f"({net.num_parameters(with_mapping=False) / 1e6:.2f} M without the mapping encoder)")
+    print(f"GFLOP per frame: {count_flops(net) / 1e9:.1f} "
+          f"({count_flops(net, with_feature=False) / 1e9:.1f} without the mapping encoder)")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    import torch
+
+    from model.train import TrainConfig, train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = TrainConfig(
+        data=Path(args.data),
+        output=Path(args.output),
+        model=_config_from_args(args),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        rgb_weight=args.rgb_weight,
+        compact_weight=0.0 if args.no_compact else args.compact_weight,
+        erasure=not args.no_erasure,
+        erasure_batches=args.erasure_batches,
+        calibration_videos=args.calibration_videos,
+        max_clips_per_epoch=args.max_clips,
+        checkpoint_dir=Path(args.checkpoint_dir) if args.checkpoint_dir else None,
+        resume=args.resume,
+        progress=not args.quiet,
+        command="vad " + shlex.join(sys.argv[1:]),
+    )
+    state = train(cfg)
+    print(f"wrote {cfg.output} after {state.epoch} epochs ({state.wall_seconds / 60:.1f} min)")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from model.evaluate import EvaluateOptions, evaluate, format_report
+
+    report = evaluate(
+        EvaluateOptions(
+            weights=Path(args.weights),
+            data=Path(args.data),
+            batch_size=args.batch_size,
+            plots=Path(args.plots) if args.plots else None,
+            localization=args.localization,
+            backend=args.backend,
+            precision=args.precision,
+            progress=not args.quiet and not args.json,
+        )
+    )
+    if args.json:
+        import json
+
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_report(report))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vad", description="DESDnet video anomaly detection")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def model_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", choices=["paper", "lite"], default="lite")
+        p.add_argument("--image-size", type=int, help="override the input size (score window scales with it)")
+        p.add_argument("--width", type=int, help="override the base width (64 in the paper)")
+        p.add_argument("--channels", type=int, choices=[1, 3], help="override the image channels")
+
+    p = sub.add_parser("info", help="parameters and GFLOP per frame of a configuration")
+    model_args(p)
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("train", help="train on ROOT/training, write weights + model card")
+    model_args(p)
+    p.add_argument("--data", required=True, help="dataset root holding training/ (and testing/)")
+    p.add_argument("--output", required=True, help="weights file to write (.safetensors)")
+    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rgb-weight", type=float, default=0.2, help="λ of the weighted RGB loss (Table E4)")
+    p.add_argument("--compact-weight", type=float, default=0.01)
+    p.add_argument("--no-compact", action="store_true", help="ablation: no Deep SVDD loss (Table D2)")
+    p.add_argument("--no-erasure", action="store_true", help="ablation: no reverse erasure (Table E2)")
+    p.add_argument("--erasure-batches", type=int, default=8)
+    p.add_argument("--mode", choices=["both", "prediction", "reconstruction"], default="both",
+                   help="ablation: one stream only (Table D1)")
+    p.add_argument("--calibration-videos", type=int, default=1,
+                   help="last N training videos held out to calibrate the causal score")
+    p.add_argument("--max-clips", type=int, default=0, help="clips per epoch (0 = all)")
+    p.add_argument("--checkpoint-dir", help="default: OUTPUT with suffix .ckpt")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="frame-level AUC / EER under the paper and causal protocols")
+    p.add_argument("--weights", default=str(DEFAULT_WEIGHTS))
+    p.add_argument("--data", required=True, help="dataset root holding testing/")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--plots", help="folder for one score-curve PNG per test video")
+    p.add_argument("--localization", action="store_true",
+                   help="also measure heatmap mass inside testing/masks")
+    p.add_argument("--backend", default="torch")
+    p.add_argument("--precision", default="fp32")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    _add_service_commands(sub)
+    return parser
+
+
+def _add_service_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """serve / export / bench are registered by their own modules when present."""
+    try:
+        from service import commands
+    except ImportError:
+        return
+    commands.register(sub)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from model.data import DatasetError
+    from model.train import TrainError
+    from model.weights import WeightsError
+
+    try:
+        args.func(args)
+    except (CliError, DatasetError, WeightsError, TrainError) as exc:
+        print(f"vad {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"vad {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .data import FrameSet, file_list_hash, list_videos
+from .card import write_training_card
+from .data import FrameSet, file_list_hash, list_videos, split_folder
 from .erasure import ErasureMaskCollector, apply_erasure
 from .losses import (
     intensity_loss,
@@ -103,20 +104,28 @@ def save_checkpoint(path: Path, model: DESDnet, optimizer: torch.optim.Optimizer
 def load_checkpoint(path: Path, model: DESDnet, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, cfg: TrainConfig) -> TrainState:
     # weights_only=True: the restricted unpickler that admits tensors and plain containers only.
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises pickle, zip and runtime errors for damaged files
+        raise TrainError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(payload, dict) or "config" not in payload:
+        raise TrainError(f"{path}: not a DESDnet training checkpoint")
     if payload["config"] != cfg.model.to_json():
         raise TrainError(f"{path}: checkpoint is for another configuration: {payload['config']}")
-    model.load_state_dict(payload["model"])
-    optimizer.load_state_dict(payload["optimizer"])
-    scheduler.load_state_dict(payload["scheduler"])
-    return TrainState(
-        epoch=int(payload["epoch"]),
-        center=payload["center"],
-        radius=float(payload["radius"]),
-        mask=payload["mask"],
-        history=json.loads(payload["history"]),
-        wall_seconds=float(payload["wall_seconds"]),
-    )
+    try:
+        model.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+        scheduler.load_state_dict(payload["scheduler"])
+        return TrainState(
+            epoch=int(payload["epoch"]),
+            center=payload["center"],
+            radius=float(payload["radius"]),
+            mask=payload["mask"],
+            history=json.loads(payload["history"]),
+            wall_seconds=float(payload["wall_seconds"]),
+        )
+    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+        raise TrainError(f"{path}: damaged checkpoint ({type(exc).__name__}: {exc})") from exc
 
 
 def split_calibration(videos: list, n: int) -> tuple[list, list]:
@@ -144,9 +153,10 @@ def train(cfg: TrainConfig, on_epoch: Callable[[TrainState], None] | None = None
     """Train, checkpointing every epoch; write the weights and a model card at the end."""
     mcfg = cfg.model
     torch.manual_seed(cfg.seed)
-    videos = list_videos(Path(cfg.data) / "training")
+    training_dir = split_folder(Path(cfg.data), "training")
+    videos = list_videos(training_dir)
     train_videos, calib_videos = split_calibration(videos, cfg.calibration_videos)
-    train_set = FrameSet.load(Path(cfg.data) / "training", mcfg, train_videos)
+    train_set = FrameSet.load(training_dir, mcfg, train_videos)
     index = train_set.clip_index(mcfg.frames)
 
     model = DESDnet(mcfg).to(memory_format=torch.channels_last)  # ~15 % faster on CPU
@@ -236,7 +246,7 @@ def train(cfg: TrainConfig, on_epoch: Callable[[TrainState], None] | None = None
 
     # Calibrate the causal score on held-out normal videos (or the training ones if none held out).
     calib_set = (
-        FrameSet.load(Path(cfg.data) / "training", mcfg, calib_videos) if calib_videos else train_set
+        FrameSet.load(training_dir, mcfg, calib_videos) if calib_videos else train_set
     )
     calibration = Calibration.from_scores(patch_scores_of(model, calib_set))
     training = {
@@ -251,4 +261,5 @@ def train(cfg: TrainConfig, on_epoch: Callable[[TrainState], None] | None = None
         "torch": torch.__version__,
     }
     save_weights(cfg.output, model, state.center, state.radius, calibration, training)
+    write_training_card(cfg.output, mcfg.to_json(), training, asdict(calibration))
     return state

@@ -97,6 +97,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             progress=not args.quiet and not args.json,
         )
     )
+    if args.update_card:
+        from model.card import add_evaluation
+
+        print(f"updated {add_evaluation(Path(args.weights), report)}", file=sys.stderr)
     if args.json:
         import json
 
@@ -153,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="torch")
     p.add_argument("--precision", default="fp32")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--update-card", action="store_true",
+                   help="merge the results into the model card beside the weights (.json and .md)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,11 @@ def resize_frame(frame: np.ndarray, config: DESDnetConfig) -> np.ndarray:
     return resized.reshape(size, size, config.channels)
 
 
+def frame_sort_key(path: Path) -> tuple[object, ...]:
+    """Natural order of frame files: 2.jpg before 10.jpg (zero-padded names sort as before)."""
+    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", path.name))
+
+
 def to_model_range(frames: np.ndarray) -> np.ndarray:
     """uint8 (..., S, S, C) -> float32 (..., C, S, S) in [-1, 1]."""
     x = frames.astype(np.float32) / 127.5 - 1.0
@@ -53,9 +59,16 @@ def to_model_range(frames: np.ndarray) -> np.ndarray:
 
 
 def read_image(path: Path) -> np.ndarray:
-    frame = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    try:
+        frame = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:
+        raise DatasetError(f"{path}: cannot decode this image ({str(exc).strip()})") from exc
     if frame is None:
-        raise DatasetError(f"{path}: cannot decode this image")
+        raise DatasetError(f"{path}: cannot decode this image (missing, unreadable or corrupt)")
+    if frame.ndim == 3 and frame.shape[2] not in (1, 3, 4):
+        if frame.shape[2] != 2:
+            raise DatasetError(f"{path}: {frame.shape[2]} channels; expected gray, BGR or BGRA")
+        frame = frame[:, :, 0]  # gray + alpha
     if frame.dtype != np.uint8:
         frame = cv2.normalize(frame, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
     return frame
@@ -95,6 +108,19 @@ class Video:
         return np.stack(frames)
 
 
+def split_folder(root: Path, split: str) -> Path:
+    """ROOT/split, checked: a missing dataset root and a missing split get their own message."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: no such dataset folder")
+    folder = root / split
+    if not folder.is_dir():
+        raise DatasetError(
+            f"{folder}: no such folder (expected {root}/{split}/frames/VIDEO/NNN.jpg or video files)"
+        )
+    return folder
+
+
 def list_videos(split_dir: Path) -> list[Video]:
     """The videos of one split folder, sorted by name."""
     if not split_dir.is_dir():
@@ -104,7 +130,10 @@ def list_videos(split_dir: Path) -> list[Video]:
     for entry in sorted(base.iterdir()):
         if entry.is_dir():
             frames = tuple(
-                sorted(p for p in entry.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+                sorted(
+                    (p for p in entry.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES),
+                    key=frame_sort_key,
+                )
             )
             if frames:
                 videos.append(Video(entry.name, frame_paths=frames))
@@ -144,13 +173,20 @@ def load_labels(root: Path, videos: list[Video], frame_counts: list[int]) -> lis
         if video.name not in table:
             raise DatasetError(f"{path}: no labels for video {video.name!r}")
         entry = table[video.name]
-        declared = int(entry.get("frames", count))
+        try:
+            declared = int(entry.get("frames", count))
+            intervals = [(int(start), int(end)) for start, end in entry.get("anomalous", [])]
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise DatasetError(
+                f"{path}: video {video.name!r} has a malformed entry {entry!r} "
+                '(expected {"frames": N, "anomalous": [[first, last], ...]})'
+            ) from exc
         if declared != count:
             raise DatasetError(
                 f"{path}: video {video.name!r} has {count} frames but the labels declare {declared}"
             )
         label = np.zeros(count, dtype=np.int64)
-        for start, end in entry.get("anomalous", []):
+        for start, end in intervals:
             if not 0 <= start <= end < count:
                 raise DatasetError(
                     f"{path}: video {video.name!r} interval [{start}, {end}] lies outside its {count} frames"

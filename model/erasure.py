@@ -23,7 +23,8 @@ class ErasureMaskCollector:
             error = (output - target).square().sum(dim=1)  # (B, H, W)
             above = (error > error.mean()).any(dim=0)  # (H, W)
         self.recent.append(above.cpu())
-        del self.recent[: -self.window]
+        # keep the last `window` masks; note recent[:-0] would delete nothing, hence max(.., 0)
+        del self.recent[: max(len(self.recent) - self.window, 0)]
 
     def mask(self) -> torch.Tensor | None:
         """(H, W) float mask of 0/1, or None when no batch was seen."""

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import torch
 
-from .data import DatasetError, FrameSet, list_videos, load_labels
+from .data import DatasetError, FrameSet, frame_sort_key, list_videos, load_labels, split_folder
 from .inference import make_reconstructor, score_clips
 from .weights import Calibration, LoadedWeights, load_weights
 
@@ -142,7 +142,7 @@ class VideoScores:
 def score_videos(weights: LoadedWeights, options: EvaluateOptions) -> tuple[list[VideoScores], float]:
     """Score every test clip; returns per-video scores and the frames per second of scoring."""
     cfg = weights.config
-    test_dir = options.data / "testing"
+    test_dir = split_folder(Path(options.data), "testing")
     videos = list_videos(test_dir)
     frames = FrameSet.load(test_dir, cfg, videos)
     labels = load_labels(options.data, videos, [len(f) for f in frames.frames])
@@ -196,7 +196,12 @@ def localization(results: list[VideoScores], data: Path, weights: LoadedWeights)
     for video in results:
         assert video.errors is not None
         anomalous = np.nonzero(video.labels)[0] + cfg.frames - 1
-        files = sorted((mask_root / video.name).glob("*.png"))
+        files = sorted((mask_root / video.name).glob("*.png"), key=frame_sort_key)
+        if len(files) < len(video.labels) + cfg.frames - 1:
+            raise DatasetError(
+                f"{mask_root / video.name}: {len(files)} mask files for "
+                f"{len(video.labels) + cfg.frames - 1} frames"
+            )
         for err, t in zip(video.errors, anomalous, strict=True):
             raw = cv2.imread(str(files[t]), cv2.IMREAD_GRAYSCALE)
             if raw is None:
@@ -286,7 +291,18 @@ def evaluate(options: EvaluateOptions) -> dict[str, object]:
                  "causal_auc": roc_auc(r.labels, causal_protocol(r.score, weights.calibration))}
         for r in results
     }
-    return report
+    return _finite_or_none(report)  # type: ignore[return-value]
+
+
+def _finite_or_none(value: object) -> object:
+    """NaN/inf (an AUC of a video without anomalous frames) -> None, so `--json` is valid JSON."""
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_none(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
 
 
 def format_report(report: dict[str, object]) -> str:
@@ -297,19 +313,22 @@ def format_report(report: dict[str, object]) -> str:
         "",
         f"{'protocol':<18}{'micro AUC':>10}{'macro AUC':>10}{'EER':>8}{'normal':>9}{'abnormal':>10}{'gap':>8}",
     ]
+    def fmt(value: object, spec: str) -> str:
+        return format(value, spec) if isinstance(value, (int, float)) else format("n/a", spec[:-2].rstrip("."))
+
     for name in ("paper", "causal", "causal_unsmoothed"):
         m = report[name]
         assert isinstance(m, dict)
         rows.append(
-            f"{name:<18}{m['micro_auc']:>10.2%}{m['macro_auc']:>10.2%}{m['eer']:>8.2%}"
-            f"{m['normal_mean']:>9.3f}{m['abnormal_mean']:>10.3f}{m['gap']:>8.3f}"
+            f"{name:<18}{fmt(m['micro_auc'], '>10.2%')}{fmt(m['macro_auc'], '>10.2%')}{fmt(m['eer'], '>8.2%')}"
+            f"{fmt(m['normal_mean'], '>9.3f')}{fmt(m['abnormal_mean'], '>10.3f')}{fmt(m['gap'], '>8.3f')}"
         )
     rows.append(f"{'DESDnet (paper)':<18}{0.975:>10.2%}{'':>10}{0.067:>8.2%}")
     secondary = report["secondary"]
     assert isinstance(secondary, dict)
     rows.append("")
     rows.append("secondary scores (paper protocol, micro AUC): "
-                + ", ".join(f"{k.replace('_paper_micro_auc', '')} {v:.2%}" for k, v in secondary.items()))
+                + ", ".join(f"{k.replace('_paper_micro_auc', '')} {fmt(v, '.2%')}" for k, v in secondary.items()))
     if "localization" in report:
         loc = report["localization"]
         assert isinstance(loc, dict)

@@ -222,7 +222,11 @@ class DESDnet(nn.Module):
 
 
 def count_flops(model: DESDnet, with_feature: bool = True) -> int:
-    """Floating-point operations (2 × multiply-adds of convolutions) for one clip."""
+    """Floating-point operations (2 × multiply-adds of convolutions) for one clip.
+
+    The count depends only on the configuration, so it runs a copy of the network on the meta
+    device: shapes only, no arithmetic (the paper network would take seconds on a CPU core).
+    """
     macs = 0
 
     def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
@@ -235,20 +239,13 @@ def count_flops(model: DESDnet, with_feature: bool = True) -> int:
             pixels = output.shape[-2] * output.shape[-1]
         macs += module.in_channels * module.out_channels * kernel * pixels // module.groups
 
-    handles = [
-        m.register_forward_hook(hook)
-        for m in model.modules()
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))
-    ]
     cfg = model.config
-    clip = torch.zeros(1, cfg.frames * cfg.channels, cfg.image_size, cfg.image_size)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(clip, with_feature=with_feature)
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
+    with torch.device("meta"):
+        probe = DESDnet(cfg).eval()
+        clip = torch.zeros(1, cfg.frames * cfg.channels, cfg.image_size, cfg.image_size)
+    for m in probe.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            m.register_forward_hook(hook)
+    with torch.no_grad():
+        probe(clip, with_feature=with_feature)
     return 2 * macs

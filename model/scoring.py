@@ -5,10 +5,10 @@ All functions take model-space images in [-1, 1]; the error is computed in [0, 1
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 
 def error_map(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -18,10 +18,31 @@ def error_map(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def window_starts(length: int, size: int, stride: int) -> list[int]:
     """Every window start on the stride grid, plus one flush with the end if the grid misses it."""
+    if not 1 <= size <= length or stride < 1:
+        raise ValueError(f"a {size}-pixel window with stride {stride} does not fit in {length} pixels")
     starts = list(range(0, length - size + 1, stride))
     if starts[-1] != length - size:
         starts.append(length - size)
     return starts
+
+
+def _window_sums(x: torch.Tensor, dim: int, size: int, stride: int) -> torch.Tensor:
+    """Sums of `x` over every `size`-long window along `dim` at the starts of `window_starts`.
+
+    Separable and cheap: the covered span is cut into blocks of gcd(size, stride) pixels, each
+    window is the sum of size/g consecutive blocks (a strided view, no copies), and the window
+    flush with the end, if the grid misses it, is summed on its own.
+    """
+    length = x.shape[dim]
+    count = (length - size) // stride + 1  # windows on the stride grid
+    g = math.gcd(size, stride)
+    covered = (count - 1) * stride + size
+    blocks = x.narrow(dim, 0, covered).unflatten(dim, (covered // g, g)).sum(dim + 1)
+    sums = blocks.unfold(dim, size // g, stride // g).sum(-1)
+    if (count - 1) * stride != length - size:
+        flush = x.narrow(dim, length - size, size).sum(dim, keepdim=True)
+        sums = torch.cat([sums, flush], dim)
+    return sums
 
 
 def box_means(squared: torch.Tensor, size: int, stride: int) -> tuple[torch.Tensor, list[int], list[int]]:
@@ -31,17 +52,9 @@ def box_means(squared: torch.Tensor, size: int, stride: int) -> tuple[torch.Tens
     """
     _, h, w = squared.shape
     ys, xs = window_starts(h, size, stride), window_starts(w, size, stride)
-    # Exact box sums from an integral image; cheaper than unfold and handles the flush windows.
-    integral = F.pad(squared.double().cumsum(1).cumsum(2), (1, 0, 1, 0))
-    y0 = torch.tensor(ys, device=squared.device)
-    x0 = torch.tensor(xs, device=squared.device)
-    y1, x1 = y0 + size, x0 + size
-    sums = (
-        integral[:, y1][:, :, x1]
-        - integral[:, y0][:, :, x1]
-        - integral[:, y1][:, :, x0]
-        + integral[:, y0][:, :, x0]
-    )
+    # Half-precision maps are summed in float32; float32/float64 keep their own precision.
+    x = squared if squared.dtype in (torch.float32, torch.float64) else squared.float()
+    sums = _window_sums(_window_sums(x, 1, size, stride), 2, size, stride)
     return (sums / (size * size)).to(squared.dtype), ys, xs
 
 

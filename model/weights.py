@@ -150,6 +150,8 @@ def load_weights(
         for k in set(expected) & set(tensors)
         if expected[k].shape != tensors[k].shape
     )
+    if center is not None and tuple(center.shape) != (config.widths[3],):
+        wrong.append(f"{CENTER_KEY} (expected {(config.widths[3],)}, file has {tuple(center.shape)})")
     if missing or unexpected or wrong:
         parts = []
         if missing:

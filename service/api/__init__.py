@@ -1,0 +1,1 @@
+"""HTTP and WebSocket API: one router per resource, schemas, dependencies and error mapping."""

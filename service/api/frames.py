@@ -1,0 +1,92 @@
+"""/v1/streams/{id}/frames (push one frame) and /v1/streams/{id}/heatmap (its error map as PNG)."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from ..context import ServiceContext
+from ..decode import check_content_type, decode_image
+from ..domain import FrameResult
+from ..heatmap import HeatmapScale, reference_level, render_heatmap
+from .deps import Authorized, Context
+from .schemas import ErrorOut, FrameResultOut
+from .uploads import read_body_limited, wait_result
+
+router = APIRouter(prefix="/v1/streams", tags=["frames"], dependencies=[Authorized])
+
+IMAGE_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "one encoded frame",
+        "content": {
+            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+def _decode_and_submit(
+    context: ServiceContext, stream_id: str, data: bytes, timestamp: float | None, received_at: float
+) -> Future[FrameResult]:
+    frame = decode_image(data, context.settings.max_pixels)
+    return context.manager.submit(stream_id, frame, timestamp, received_at=received_at)
+
+
+@router.post(
+    "/{stream_id}/frames",
+    response_model=FrameResultOut,
+    openapi_extra=IMAGE_BODY,
+    responses={
+        404: {"model": ErrorOut, "description": "no such stream"},
+        413: {"model": ErrorOut, "description": "body above max_upload_bytes or image above max_pixels"},
+        415: {"model": ErrorOut, "description": "not image/jpeg or image/png"},
+        422: {"model": ErrorOut, "description": "undecodable image"},
+        503: {"model": ErrorOut, "description": "model not loaded"},
+    },
+)
+async def push_frame(
+    stream_id: str,
+    request: Request,
+    context: Context,
+    timestamp: Annotated[float | None, Query(description="frame time, seconds since the epoch (default: now)")] = None,
+) -> FrameResultOut:
+    """Score one frame of the stream. The first T-1 frames (and those after a size change) answer
+    "warming"; under overload a frame may answer "dropped" with reason "overload" (HTTP 200)."""
+    received_at = time.monotonic()
+    context.manager.get(stream_id)  # 404 before reading a body we would throw away
+    check_content_type(request.headers.get("content-type"))
+    s = context.settings
+    data = await read_body_limited(request, s.max_upload_bytes, s.upload_timeout_seconds)
+    future = await run_in_threadpool(_decode_and_submit, context, stream_id, data, timestamp, received_at)
+    return FrameResultOut.from_domain(await wait_result(future, s.result_timeout_seconds))
+
+
+@router.get(
+    "/{stream_id}/heatmap",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}, "description": "error map at the original frame size"},
+               404: {"model": ErrorOut, "description": "no such stream, or no such scored frame"}},
+)
+async def get_heatmap(
+    stream_id: str,
+    context: Context,
+    overlay: Annotated[bool, Query(description="blend the heatmap over the frame")] = False,
+    frame_index: Annotated[int | None, Query(ge=0, description="a recent scored frame (default: latest)")] = None,
+    scale: Annotated[HeatmapScale, Query(description="threshold: fixed colour scale; frame: per-frame max")] = "threshold",
+    alpha: Annotated[float, Query(ge=0.0, le=1.0, description="heatmap weight in the overlay")] = 0.5,
+) -> Response:
+    record = context.manager.heatmap_record(stream_id, frame_index)
+    assert context.scorer is not None  # a scored frame exists, so the model is loaded
+    reference = reference_level(record.errors, scale, context.scorer.threshold_score())
+    png = await run_in_threadpool(
+        render_heatmap, record.errors, (record.result.frame_width, record.result.frame_height), reference,
+        record.frame if overlay else None, alpha,
+    )
+    return Response(png, media_type="image/png", headers={"X-Frame-Index": str(record.result.frame_index)})

@@ -1,0 +1,51 @@
+"""WebSocket score feeds: /v1/streams/{id}/scores (one stream) and /v1/scores (all streams).
+
+One JSON message per scored frame, the same object as POST /v1/streams/{id}/frames returns.
+Refusals are plain HTTP answers to the upgrade request: 401 (token), 404 (unknown stream),
+503 (shutting down). The server closes with 1000 when the stream is deleted, 1001 at shutdown and
+1008 when the client stopped reading for websocket_stuck_seconds.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, WebSocket
+from fastapi.responses import JSONResponse
+
+from ..domain import StreamNotFound
+from .deps import Context, token_matches, websocket_token
+
+router = APIRouter(tags=["scores"])
+
+
+async def _refuse(websocket: WebSocket, status: int, detail: str) -> None:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    await websocket.send_denial_response(JSONResponse({"detail": detail}, status_code=status, headers=headers))
+
+
+async def _admit(websocket: WebSocket, context: Context, stream_id: str | None) -> bool:
+    if not token_matches(context.settings, websocket_token(websocket)):
+        await _refuse(websocket, 401, "missing or wrong token: send 'Authorization: Bearer TOKEN' or ?token=TOKEN")
+        return False
+    if context.stopping:
+        await _refuse(websocket, 503, "server shutting down")
+        return False
+    if stream_id is not None:
+        try:
+            context.manager.get(stream_id)
+        except StreamNotFound as exc:
+            await _refuse(websocket, 404, str(exc))
+            return False
+    await websocket.accept()
+    return True
+
+
+@router.websocket("/v1/streams/{stream_id}/scores")
+async def stream_scores(websocket: WebSocket, stream_id: str, context: Context) -> None:
+    if await _admit(websocket, context, stream_id):
+        await context.hub.serve(websocket, stream_id)
+
+
+@router.websocket("/v1/scores")
+async def all_scores(websocket: WebSocket, context: Context) -> None:
+    if await _admit(websocket, context, None):
+        await context.hub.serve(websocket, None)

@@ -1,0 +1,62 @@
+"""`create_app(settings)`: the FastAPI app factory. The lifespan owns the model, the stream manager
+and the worker thread, and stops them; nothing is built at import time."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from .api import errors, frames, health, metrics, score, streams, ws
+from .api.schemas import FrameResultOut
+from .context import ServiceContext
+from .domain import FrameResult
+from .settings import Settings
+from .streams import SourceFactory
+
+log = logging.getLogger("vad.app")
+
+
+def _serialize(result: FrameResult) -> str:
+    return FrameResultOut.from_domain(result).model_dump_json()
+
+
+def default_source_factory() -> SourceFactory | None:
+    """`service.sources.source_factory` when that module exists (live RTSP/HTTP cameras)."""
+    if importlib.util.find_spec("service.sources") is None:
+        return None
+    try:
+        module = importlib.import_module("service.sources")
+    except Exception:
+        log.exception("service.sources could not be imported; live sources are disabled")
+        return None
+    return getattr(module, "source_factory", None)
+
+
+def create_app(settings: Settings, source_factory: SourceFactory | None = None) -> FastAPI:
+    factory = source_factory if source_factory is not None else default_source_factory()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        context = ServiceContext(settings, _serialize, factory)
+        await context.start()
+        app.state.service = context
+        try:
+            yield
+        finally:
+            await context.stop()
+
+    app = FastAPI(
+        title="DESDnet video anomaly detection",
+        version="0.1.0",
+        description="Push frames or clips, get anomaly scores, heatmaps and live score feeds.",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    for module in (streams, frames, score, ws, health, metrics):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,118 @@
+"""The running service: model, queue, worker thread, stream manager and WebSocket hub, built and
+stopped by the FastAPI lifespan (service/app.py). Nothing here is created at import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import torch
+from starlette.concurrency import run_in_threadpool
+
+from model.weights import WeightsError
+
+from .domain import DROP_SHUTDOWN, FrameResult
+from .infer import FrameQueue, InferenceWorker, ModelRuntime, load_runtime
+from .metrics import ServiceMetrics
+from .publish import ScoreHub
+from .score import Scorer
+from .settings import Settings
+from .streams import SourceFactory, StreamManager
+
+log = logging.getLogger("vad.service")
+
+
+class ServiceContext:
+    def __init__(
+        self,
+        settings: Settings,
+        serialize: Callable[[FrameResult], str],
+        source_factory: SourceFactory | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = ServiceMetrics()
+        self.hub = ScoreHub(settings.websocket_queue_size, settings.websocket_stuck_seconds, serialize, self.metrics)
+        self.queue = FrameQueue(settings.max_pending_per_stream, settings.max_pending_stateless)
+        self.source_factory = source_factory
+        self.runtime: ModelRuntime | None = None
+        self.scorer: Scorer | None = None
+        self.worker: InferenceWorker | None = None
+        self.load_error: str | None = None
+        self.stopping = False
+        self.manager: StreamManager  # built in start(), once the model's configuration is known
+
+    def _make_manager(self) -> StreamManager:
+        return StreamManager(
+            config=self.runtime.config if self.runtime else None,
+            queue=self.queue,
+            scorer=self.scorer,
+            metrics=self.metrics,
+            publish=self.hub.publish,
+            on_stream_deleted=self._stream_deleted,
+            max_streams=self.settings.max_streams,
+            heatmap_history=self.settings.heatmap_history,
+            source_factory=self.source_factory,
+            readiness=self.not_ready_reason,
+        )
+
+    def not_ready_reason(self) -> str | None:
+        if self.stopping:
+            return "shutting down"
+        if self.load_error is not None:
+            return self.load_error
+        if self.worker is None:
+            return "model not loaded yet"
+        if not self.worker.alive:
+            return self.worker.failure or "inference worker is not running"
+        return None
+
+    async def start(self) -> None:
+        s = self.settings
+        self.hub.bind(asyncio.get_running_loop())
+        if s.torch_threads:
+            torch.set_num_threads(s.torch_threads)
+        try:
+            # Loading and the warm-up batch block: keep them off the event loop.
+            self.runtime = await run_in_threadpool(
+                load_runtime, s.weights, s.device, s.backend, s.precision, s.threshold
+            )
+        except (WeightsError, ValueError, RuntimeError, OSError, ImportError) as exc:
+            self.load_error = f"cannot load the model: {exc}"
+            log.error("%s; the server runs but /readyz answers 503 until it is restarted with usable weights",
+                      self.load_error)
+        rt = self.runtime
+        if rt is not None:
+            self.scorer = Scorer(rt.config, rt.weights.calibration, rt.threshold)
+        self.manager = self._make_manager()
+        self.metrics.live.queue_depth = lambda: len(self.queue)
+        self.metrics.live.websocket_clients = lambda: self.hub.client_count
+        self.metrics.live.ready = lambda: self.not_ready_reason() is None
+        self.metrics.live.stream_states = self.manager.state_counts
+        if rt is None:
+            self.metrics.model.info({"weights": s.weights.name, "loaded": "false"})
+            return
+        self.worker = InferenceWorker(
+            rt, self.queue, self.manager.complete_batch, self.metrics,
+            max_batch=s.max_batch, batch_wait_ms=s.batch_wait_ms, extra_latency_ms=s.extra_inference_latency_ms,
+        )
+        self.worker.start()
+        self.metrics.model.info({
+            "weights": s.weights.name, "loaded": "true", "config": rt.config.to_json(), "backend": rt.backend,
+            "precision": rt.precision, "device": rt.device, "threshold": f"{rt.threshold:g}",
+        })
+        log.info("model %s loaded on %s (%s/%s), threshold %.3f", s.weights, rt.device, rt.backend, rt.precision,
+                 rt.threshold)
+
+    async def stop(self) -> None:
+        self.stopping = True
+        self.hub.close_all()
+        await run_in_threadpool(self.manager.close)  # live sources' stop() may block briefly
+        self.manager.drop_jobs(self.queue.close(), DROP_SHUTDOWN)
+        if self.worker is not None:
+            await run_in_threadpool(self.worker.stop)
+
+    def _stream_deleted(self, stream_id: str) -> None:
+        self.hub.close_stream(stream_id)
+        self.metrics.forget_stream(stream_id)

@@ -1,0 +1,135 @@
+"""Internal values passed between the pipeline stages, and the domain errors.
+
+These are plain frozen dataclasses, independent of HTTP: the API turns them into pydantic schemas
+(service/api/schemas.py) and maps the errors to status codes in one place (service/api/errors.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+StreamState = Literal["starting", "warming", "running", "reconnecting", "stopped", "failed"]
+STREAM_STATES: tuple[StreamState, ...] = ("starting", "warming", "running", "reconnecting", "stopped", "failed")
+
+FrameStatus = Literal["warming", "scored", "dropped"]
+
+# Why a frame that was accepted was not scored. Every accepted frame ends scored, warming, or dropped
+# with one of these reasons (in its response, its WebSocket-less result and the metrics).
+DROP_OVERLOAD = "overload"  # a newer frame of the same stream arrived while this one still waited
+DROP_STREAM_DELETED = "stream_deleted"
+DROP_SHUTDOWN = "shutdown"
+DROP_INFERENCE_ERROR = "inference_error"
+
+
+@dataclass(frozen=True)
+class Patch:
+    """Top-scoring window in the original frame's pixel coordinates."""
+
+    x: int
+    y: int
+    w: int
+    h: int
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    """What became of one frame. Score fields are None unless status == "scored"."""
+
+    stream_id: str | None
+    frame_index: int
+    status: FrameStatus
+    timestamp: float  # the frame's capture/receipt time, seconds since the epoch
+    latency_ms: float  # from receipt to this result
+    frame_width: int
+    frame_height: int
+    score: float | None = None  # raw patch score (max window mean of E²)
+    normalized_score: float | None = None  # causal z-score from the weights' calibration
+    smoothed_score: float | None = None  # trailing mean of the last CAUSAL_WINDOW normalised scores
+    threshold: float | None = None
+    is_anomaly: bool | None = None  # smoothed_score >= threshold
+    patch: Patch | None = None
+    frames_buffered: int = 0  # frames in the stream's ring when this one arrived (T needed)
+    reason: str | None = None  # drop reason, or why the buffer was reset
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """A snapshot of one stream for the API."""
+
+    id: str
+    name: str
+    source: str
+    state: StreamState
+    state_reason: str | None
+    created_at: float
+    frames_received: int
+    frames_warming: int
+    frames_scored: int
+    frames_dropped: int
+    frames_pending: int
+    last_result: FrameResult | None
+
+
+class ServiceError(Exception):
+    """Base of the errors a client can cause or must be told about; the message is shown to them."""
+
+
+class StreamNotFound(ServiceError):
+    pass
+
+
+class StreamLimitReached(ServiceError):
+    pass
+
+
+class StreamClosed(ServiceError):
+    """A frame for a stream that is stopped or being deleted."""
+
+
+class UnsupportedSource(ServiceError):
+    pass
+
+
+class PayloadTooLarge(ServiceError):
+    pass
+
+
+class ImageTooLarge(ServiceError):
+    """Declared pixel count above the cap (checked from the header, before decoding)."""
+
+
+class InvalidImage(ServiceError):
+    pass
+
+
+class InvalidRequest(ServiceError):
+    """A malformed request body other than an image (e.g. a broken multipart form)."""
+
+
+class UploadTimeout(ServiceError):
+    """The request body did not arrive within the upload timeout."""
+
+
+class Unauthorized(ServiceError):
+    pass
+
+
+class UnsupportedMediaType(ServiceError):
+    pass
+
+
+class HeatmapNotAvailable(ServiceError):
+    pass
+
+
+class NotReady(ServiceError):
+    """The model is not loaded or the worker is not running."""
+
+
+class Overloaded(ServiceError):
+    """Too many stateless requests waiting; the client should retry later."""
+
+
+class ResultTimeout(ServiceError):
+    pass

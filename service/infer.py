@@ -1,0 +1,242 @@
+"""Inference stage: the loaded model, the bounded queue of clips waiting for it, and the one worker
+thread that owns the model and scores clips of all streams in micro-batches.
+
+Queue drop policy, "drop-oldest-per-stream": each stream may have at most `max_pending_per_stream`
+clips waiting. A newer frame evicts that stream's oldest waiting clip (reason "overload"), so scores
+stay current when frames arrive faster than the model scores them, and a fast stream cannot starve
+the others. Stateless requests (POST /v1/score) are refused instead (503) when
+`max_pending_stateless` are already waiting: their client waits for that exact answer. The queue is
+therefore bounded by max_streams * max_pending_per_stream + max_pending_stateless.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from model.inference import ClipScores, Reconstructor, make_reconstructor, score_clips
+from model.weights import LoadedWeights, load_weights
+
+from .domain import Overloaded
+from .metrics import ServiceMetrics
+
+log = logging.getLogger("vad.infer")
+
+
+@dataclass(frozen=True)
+class ModelRuntime:
+    weights: LoadedWeights
+    reconstructor: Reconstructor
+    device: str
+    backend: str
+    precision: str
+    threshold: float
+
+    @property
+    def config(self):  # -> DESDnetConfig
+        return self.weights.config
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device cuda was asked for but torch sees no CUDA GPU")
+    return device
+
+
+def load_runtime(
+    weights_path, device: str, backend: str, precision: str, threshold: float | None
+) -> ModelRuntime:
+    """Load weights, build the backend and run one warm-up batch (so a broken backend fails here,
+    at startup, rather than on the first frame). Raises WeightsError, ValueError or RuntimeError."""
+    resolved = resolve_device(device)
+    weights = load_weights(weights_path, device=resolved)
+    reconstructor = make_reconstructor(weights.model, backend, precision, resolved)
+    cfg = weights.config
+    warmup = torch.zeros(1, cfg.frames * cfg.channels, cfg.image_size, cfg.image_size)
+    score_clips(reconstructor, warmup)
+    chosen = weights.calibration.threshold if threshold is None else threshold
+    return ModelRuntime(weights, reconstructor, resolved, backend, precision, float(chosen))
+
+
+@dataclass(eq=False)
+class Job:
+    """One clip waiting for the model, and the frame it scores."""
+
+    stream_id: str | None  # None: a stateless POST /v1/score request
+    frame_index: int
+    clip: np.ndarray  # float32 (T*C, S, S)
+    frame: np.ndarray  # the decoded original frame (for heatmap overlays)
+    timestamp: float
+    received_at: float  # time.monotonic() at receipt
+    epoch: int  # the stream ring's reset count when the clip was built
+    frames_buffered: int
+    # Resolves to a FrameResult (stream frames) or a streams.ClipOutcome (stateless clips).
+    future: Future[Any] = field(default_factory=Future)
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        return self.frame.shape[1], self.frame.shape[0]
+
+
+class FrameQueue:
+    """Bounded FIFO shared by all streams; see the module docstring for the drop policy."""
+
+    def __init__(self, max_pending_per_stream: int, max_pending_stateless: int) -> None:
+        self.max_pending_per_stream = max_pending_per_stream
+        self.max_pending_stateless = max_pending_stateless
+        self._jobs: deque[Job] = deque()
+        self._pending: dict[str | None, int] = {}
+        self._cond = threading.Condition()
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def put(self, job: Job) -> list[Job]:
+        """Enqueue; returns the jobs evicted to make room (to be answered as dropped)."""
+        with self._cond:
+            if self._closed:
+                return [job]
+            count = self._pending.get(job.stream_id, 0)
+            evicted: list[Job] = []
+            if job.stream_id is None:
+                if count >= self.max_pending_stateless:
+                    raise Overloaded(
+                        f"{count} score requests are already waiting for the model; retry shortly"
+                    )
+            else:
+                while count >= self.max_pending_per_stream:
+                    oldest = next(j for j in self._jobs if j.stream_id == job.stream_id)
+                    self._jobs.remove(oldest)
+                    evicted.append(oldest)
+                    count -= 1
+            self._jobs.append(job)
+            self._pending[job.stream_id] = count + 1
+            self._cond.notify()
+            return evicted
+
+    def take_batch(self, max_batch: int, wait_s: float) -> list[Job]:
+        """Block for the first job, then wait up to wait_s for the batch to fill. [] once closed."""
+        with self._cond:
+            while not self._jobs and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                return []
+            deadline = time.monotonic() + wait_s
+            while len(self._jobs) < max_batch:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._closed:
+                    break
+                self._cond.wait(remaining)
+            batch = [self._jobs.popleft() for _ in range(min(max_batch, len(self._jobs)))]
+            for job in batch:
+                self._decrement(job.stream_id)
+            return batch
+
+    def remove_stream(self, stream_id: str) -> list[Job]:
+        with self._cond:
+            removed = [j for j in self._jobs if j.stream_id == stream_id]
+            if removed:
+                self._jobs = deque(j for j in self._jobs if j.stream_id != stream_id)
+                self._pending.pop(stream_id, None)
+            return removed
+
+    def close(self) -> list[Job]:
+        """Stop accepting and wake the worker; returns what still waited."""
+        with self._cond:
+            self._closed = True
+            left = list(self._jobs)
+            self._jobs.clear()
+            self._pending.clear()
+            self._cond.notify_all()
+            return left
+
+    def _decrement(self, key: str | None) -> None:
+        count = self._pending.get(key, 0) - 1
+        if count > 0:
+            self._pending[key] = count
+        else:
+            self._pending.pop(key, None)
+
+
+BatchSink = Callable[[list[Job], ClipScores | None, BaseException | None], None]
+
+
+class InferenceWorker:
+    """The one thread that runs the model. Hands each batch's ClipScores (or its error) to `sink`,
+    which scores, records and publishes; the worker itself knows nothing about streams."""
+
+    def __init__(
+        self,
+        runtime: ModelRuntime,
+        queue: FrameQueue,
+        sink: BatchSink,
+        metrics: ServiceMetrics,
+        max_batch: int,
+        batch_wait_ms: float,
+        extra_latency_ms: float = 0.0,
+    ) -> None:
+        self.runtime = runtime
+        self.queue = queue
+        self.sink = sink
+        self.metrics = metrics
+        self.max_batch = max_batch
+        self.batch_wait_s = batch_wait_ms / 1000
+        self.extra_latency_s = extra_latency_ms / 1000
+        self._thread = threading.Thread(target=self._run, name="vad-inference", daemon=True)
+        self.failure: str | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        # The caller closes the queue (and answers what waited); this only waits for the thread.
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        try:
+            while True:
+                batch = self.queue.take_batch(self.max_batch, self.batch_wait_s)
+                if not batch:
+                    return
+                self._score(batch)
+        except BaseException as exc:  # a bug here must show up in /readyz, not vanish with the thread
+            self.failure = f"inference worker stopped: {exc!r}"
+            log.exception("inference worker stopped")
+            raise
+
+    def _score(self, batch: list[Job]) -> None:
+        clips = torch.from_numpy(np.stack([job.clip for job in batch]))
+        began = time.perf_counter()
+        try:
+            if self.extra_latency_s:
+                time.sleep(self.extra_latency_s)  # test aid: a slower model, to provoke overload
+            scores = score_clips(self.runtime.reconstructor, clips)
+            scores = ClipScores(*(t.detach().cpu() if t is not None else None for t in _fields(scores)))
+        except Exception as exc:  # one bad batch must not stop the worker; its frames are answered
+            log.exception("inference failed for a batch of %d clips", len(batch))
+            self.metrics.inference_errors.inc()
+            self.sink(batch, None, exc)
+            return
+        self.metrics.inference_latency.observe(time.perf_counter() - began)
+        self.metrics.batch_size.observe(len(batch))
+        self.sink(batch, scores, None)
+
+
+def _fields(scores: ClipScores) -> tuple[torch.Tensor | None, ...]:
+    return (scores.score, scores.y, scores.x, scores.mse, scores.errors, scores.feature_distance)

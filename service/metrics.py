@@ -1,0 +1,128 @@
+"""Prometheus metrics, one CollectorRegistry per app (so two apps in one process never share counters).
+
+Counters move where things happen; gauges that mirror current state (queue depth, streams per state,
+WebSocket clients, readiness) are read at scrape time through callbacks, so they cannot drift.
+Per-stream label sets are removed when the stream is deleted, to keep cardinality bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator, Mapping
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    Info,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .domain import STREAM_STATES
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256)
+
+__all__ = ["CONTENT_TYPE_LATEST", "ServiceMetrics"]
+
+
+class _LiveGauges(Collector):
+    """Gauges computed at scrape time from callbacks set by the lifespan."""
+
+    def __init__(self) -> None:
+        self.queue_depth: Callable[[], int] = lambda: 0
+        self.stream_states: Callable[[], Mapping[str, int]] = lambda: {}
+        self.websocket_clients: Callable[[], int] = lambda: 0
+        self.ready: Callable[[], bool] = lambda: False
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "vad_queue_depth_frames", "Frames waiting for the inference worker", value=self.queue_depth()
+        )
+        states = GaugeMetricFamily("vad_streams", "Open streams by state", labels=["state"])
+        counts = self.stream_states()
+        for state in STREAM_STATES:
+            states.add_metric([state], counts.get(state, 0))
+        yield states
+        yield GaugeMetricFamily(
+            "vad_websocket_clients", "Connected WebSocket score subscribers", value=self.websocket_clients()
+        )
+        yield GaugeMetricFamily(
+            "vad_ready", "1 when the weights are loaded and the inference worker runs", value=float(self.ready())
+        )
+
+
+class ServiceMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.frames_received = Counter(
+            "vad_frames_received", "Frames accepted into a stream", ["stream"], registry=r
+        )
+        self.frames_warming = Counter(
+            "vad_frames_warming", "Frames answered as warming (ring buffer not yet full)", ["stream"], registry=r
+        )
+        self.frames_scored = Counter("vad_frames_scored", "Frames scored by the model", ["stream"], registry=r)
+        self.frames_dropped = Counter(
+            "vad_frames_dropped", "Accepted frames not scored, by reason", ["stream", "reason"], registry=r
+        )
+        self.frames_rejected = Counter(
+            "vad_frames_rejected", "Uploads refused before acceptance (bad input), by reason", ["reason"], registry=r
+        )
+        self.stateless_requests = Counter(
+            "vad_stateless_requests", "POST /v1/score requests by outcome", ["outcome"], registry=r
+        )
+        self.anomalies = Counter(
+            "vad_anomalous_frames", "Scored frames whose smoothed score reached the threshold", ["stream"], registry=r
+        )
+        self.inference_latency = Histogram(
+            "vad_inference_latency_seconds", "Model forward + scoring time per batch",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.frame_latency = Histogram(
+            "vad_frame_latency_seconds", "Receipt to score per scored frame (decode, queue, inference)",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.batch_size = Histogram(
+            "vad_inference_batch_frames", "Clips per inference batch", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.inference_errors = Counter("vad_inference_errors", "Batches whose inference raised", registry=r)
+        self.websocket_sent = Counter("vad_websocket_messages_sent", "Score messages sent to WebSocket clients",
+                                      registry=r)
+        self.websocket_dropped = Counter(
+            "vad_websocket_messages_dropped", "Score messages dropped from a slow client's full queue (oldest first)",
+            registry=r,
+        )
+        self.websocket_disconnects = Counter(
+            "vad_websocket_disconnects", "WebSocket clients gone, by reason", ["reason"], registry=r
+        )
+        self.model = Info("vad_model", "Loaded model: weights file, configuration, backend", registry=r)
+        self.live = _LiveGauges()
+        r.register(self.live)
+        ProcessCollector(registry=r)
+        self._stream_reasons: dict[str, set[str]] = {}
+        self._lock = threading.Lock()
+
+    def dropped(self, stream: str, reason: str, count: int = 1) -> None:
+        with self._lock:
+            self._stream_reasons.setdefault(stream, set()).add(reason)
+        self.frames_dropped.labels(stream, reason).inc(count)
+
+    def forget_stream(self, stream: str) -> None:
+        """Remove a deleted stream's label sets."""
+        for counter in (self.frames_received, self.frames_warming, self.frames_scored, self.anomalies):
+            with contextlib.suppress(KeyError):
+                counter.remove(stream)
+        with self._lock:
+            reasons = self._stream_reasons.pop(stream, set())
+        for reason in reasons:
+            with contextlib.suppress(KeyError):
+                self.frames_dropped.remove(stream, reason)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,154 @@
+"""Publish stage: fan scored frames out to WebSocket subscribers without ever waiting for one.
+
+`publish` is called from the inference thread and only schedules work on the event loop. Each client
+has its own bounded queue (drop policy "drop-oldest": a slow client loses its oldest messages, counted
+in vad_websocket_messages_dropped_total) and its own sender task, so a slow or stalled client cannot
+delay scoring or other clients. A client whose socket accepts nothing for `stuck_seconds` is
+disconnected (close code 1008) and counted as reason "stuck".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable
+
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from .domain import FrameResult
+from .metrics import ServiceMetrics
+
+log = logging.getLogger("vad.publish")
+
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
+
+
+class _Client:
+    def __init__(self, stream_id: str | None, queue_size: int) -> None:
+        self.stream_id = stream_id  # None: every stream
+        self.queue: deque[str] = deque()
+        self.queue_size = queue_size
+        self.wakeup = asyncio.Event()
+        self.close_with: tuple[int, str, str] | None = None  # (code, reason, metric reason)
+
+    def offer(self, text: str) -> bool:
+        """Queue a message; returns True when the oldest had to be dropped to make room."""
+        dropped = len(self.queue) >= self.queue_size
+        if dropped:
+            self.queue.popleft()
+        self.queue.append(text)
+        self.wakeup.set()
+        return dropped
+
+    def request_close(self, code: int, reason: str, metric_reason: str) -> None:
+        if self.close_with is None:
+            self.close_with = (code, reason, metric_reason)
+        self.wakeup.set()
+
+
+class ScoreHub:
+    def __init__(
+        self,
+        queue_size: int,
+        stuck_seconds: float,
+        serialize: Callable[[FrameResult], str],
+        metrics: ServiceMetrics,
+    ) -> None:
+        self.queue_size = queue_size
+        self.stuck_seconds = stuck_seconds
+        self.serialize = serialize
+        self.metrics = metrics
+        self._clients: set[_Client] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    @property
+    def client_count(self) -> int:
+        return len(self._clients)
+
+    # --- called from any thread -------------------------------------------------------------
+    def publish(self, result: FrameResult) -> None:
+        if self._clients and self._loop is not None and not self._loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # loop closing during shutdown
+                self._loop.call_soon_threadsafe(self._dispatch, result)
+
+    def close_stream(self, stream_id: str) -> None:
+        """Disconnect the subscribers of a deleted stream (close code 1000)."""
+        if self._loop is not None and not self._loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._close_stream, stream_id)
+
+    # --- event loop only --------------------------------------------------------------------
+    def _dispatch(self, result: FrameResult) -> None:
+        text: str | None = None
+        for client in self._clients:
+            if client.close_with is None and client.stream_id in (None, result.stream_id):
+                text = text or self.serialize(result)
+                if client.offer(text):
+                    self.metrics.websocket_dropped.inc()
+
+    def _close_stream(self, stream_id: str) -> None:
+        for client in self._clients:
+            if client.stream_id == stream_id:
+                client.request_close(CLOSE_NORMAL, "stream deleted", "stream_deleted")
+
+    def close_all(self) -> None:
+        for client in self._clients:
+            client.request_close(CLOSE_GOING_AWAY, "server shutting down", "shutdown")
+
+    async def serve(self, websocket: WebSocket, stream_id: str | None) -> None:
+        """Run one accepted subscriber until it leaves, is closed, or its stream is deleted."""
+        client = _Client(stream_id, self.queue_size)
+        self._clients.add(client)
+        sender = asyncio.create_task(self._send_loop(websocket, client))
+        receiver = asyncio.create_task(self._receive_loop(websocket))
+        try:
+            done, pending = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        finally:
+            self._clients.discard(client)
+        if receiver in done:
+            self.metrics.websocket_disconnects.labels("client_closed").inc()
+            return
+        code, reason, metric_reason = client.close_with or (CLOSE_NORMAL, "", "server_closed")
+        self.metrics.websocket_disconnects.labels(metric_reason).inc()
+        if websocket.application_state == WebSocketState.CONNECTED:
+            # A stuck client may not even take the close frame: do not wait on it for long.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(websocket.close(code, reason), timeout=1.0)
+
+    async def _send_loop(self, websocket: WebSocket, client: _Client) -> None:
+        while client.close_with is None:
+            if not client.queue:
+                client.wakeup.clear()
+                await client.wakeup.wait()
+                continue
+            text = client.queue.popleft()
+            try:
+                await asyncio.wait_for(websocket.send_text(text), timeout=self.stuck_seconds)
+            except TimeoutError:
+                log.warning("closing a WebSocket client that accepted nothing for %.1f s", self.stuck_seconds)
+                client.request_close(
+                    CLOSE_POLICY, f"client too slow: no message accepted for {self.stuck_seconds:g} s", "stuck"
+                )
+                return
+            except (WebSocketDisconnect, RuntimeError, OSError):
+                client.request_close(CLOSE_NORMAL, "", "client_closed")
+                return
+            self.metrics.websocket_sent.inc()
+
+    @staticmethod
+    async def _receive_loop(websocket: WebSocket) -> None:
+        # Subscribers send nothing we need; reading notices their close promptly.
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return

@@ -1,0 +1,475 @@
+"""Streams: the registry of open streams and the pipeline wiring (buffer -> infer -> score -> publish).
+
+Interface for frame producers other than HTTP push (live sources in service/sources.py)
+-------------------------------------------------------------------------------------------
+All methods are thread-safe and may be called from a source's own thread.
+
+    manager.submit(stream_id, frame_bgr, timestamp=None, *, received_at=None) -> Future[FrameResult]
+        frame_bgr: decoded uint8 (H, W, 3) BGR, (H, W) gray or (H, W, 4) BGRA, any size (a size change
+        resets the ring buffer: the next T-1 frames answer "warming" with a reason). timestamp:
+        capture time in seconds since the epoch (default: now). The future (concurrent.futures)
+        resolves to a FrameResult with status "warming", "scored" or "dropped" (reason "overload",
+        "stream_deleted", "shutdown", "inference_error"); it never raises for an accepted frame.
+        A source need not wait on it (under overload the oldest waiting frame is dropped anyway).
+        Raises StreamNotFound, StreamClosed, NotReady (model not loaded) or InvalidImage.
+    manager.reset_buffer(stream_id, reason=None)   e.g. after a reconnect: the next T-1 frames warm up
+    manager.set_state(stream_id, state, reason=None)   "starting"|"warming"|"running"|"reconnecting"|
+        "stopped"|"failed"; submit() moves starting/reconnecting/warming on by itself as frames arrive.
+
+Live sources are created through the `source_factory` given to the manager (see `SourceFactory`):
+POST /v1/streams with a source other than "push" calls factory(request, manager) and then .start() on
+what it returns; DELETE calls .stop(). The factory raises UnsupportedSource (or ValueError) with a
+message for a source it cannot handle (-> 422).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from model.data import resize_frame
+from model.inference import ClipScores
+from model.network import DESDnetConfig
+
+from .buffer import FrameRing
+from .domain import (
+    DROP_INFERENCE_ERROR,
+    DROP_OVERLOAD,
+    DROP_SHUTDOWN,
+    DROP_STREAM_DELETED,
+    STREAM_STATES,
+    FrameResult,
+    HeatmapNotAvailable,
+    InvalidImage,
+    NotReady,
+    StreamClosed,
+    StreamInfo,
+    StreamLimitReached,
+    StreamNotFound,
+    StreamState,
+    UnsupportedSource,
+)
+from .infer import FrameQueue, Job
+from .metrics import ServiceMetrics
+from .score import ScoredFrame, Scorer
+
+log = logging.getLogger("vad.streams")
+
+PUSH = "push"
+
+
+@dataclass(frozen=True)
+class SourceRequest:
+    """What POST /v1/streams asked for, handed to the source factory."""
+
+    stream_id: str
+    source: str  # e.g. "rtsp://camera/stream" or "http://camera/mjpeg"
+    name: str
+    options: Mapping[str, Any]
+
+
+class LiveSource(Protocol):
+    def start(self) -> None:
+        """Begin producing frames (non-blocking: run in your own thread, call manager.submit)."""
+
+    def stop(self) -> None:
+        """Stop producing and release the connection; called on DELETE and at shutdown (may block briefly)."""
+
+
+SourceFactory = Callable[[SourceRequest, "StreamManager"], LiveSource]
+
+
+@dataclass(frozen=True)
+class HeatmapRecord:
+    """A scored frame kept for GET /heatmap."""
+
+    result: FrameResult
+    errors: np.ndarray  # (S, S) E² in model pixels
+    frame: np.ndarray  # the original decoded frame
+
+
+@dataclass(eq=False)
+class _Stream:
+    id: str
+    name: str
+    source: str
+    ring: FrameRing
+    history: deque[HeatmapRecord]
+    created_at: float = field(default_factory=time.time)
+    state: StreamState = "starting"
+    state_reason: str | None = None
+    received: int = 0
+    warming: int = 0
+    scored: int = 0
+    dropped: int = 0
+    pending: int = 0
+    last_result: FrameResult | None = None
+    closed: bool = False
+    live: LiveSource | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def info(self) -> StreamInfo:
+        return StreamInfo(
+            id=self.id, name=self.name, source=self.source, state=self.state, state_reason=self.state_reason,
+            created_at=self.created_at, frames_received=self.received, frames_warming=self.warming,
+            frames_scored=self.scored, frames_dropped=self.dropped, frames_pending=self.pending,
+            last_result=self.last_result,
+        )
+
+
+@dataclass(frozen=True)
+class ClipOutcome:
+    """What a stateless clip's future resolves to: the result and, when scored, its error map."""
+
+    result: FrameResult
+    errors: np.ndarray | None
+
+
+def _resolve(future: Future[Any], result: FrameResult | ClipOutcome) -> None:
+    # The awaiting request may have gone away and cancelled its future; the frame is still counted.
+    with contextlib.suppress(InvalidStateError):
+        future.set_result(result)
+
+
+class StreamManager:
+    def __init__(
+        self,
+        *,
+        config: DESDnetConfig | None,
+        queue: FrameQueue,
+        scorer: Scorer | None,
+        metrics: ServiceMetrics,
+        publish: Callable[[FrameResult], None],
+        on_stream_deleted: Callable[[str], None],
+        max_streams: int,
+        heatmap_history: int,
+        source_factory: SourceFactory | None = None,
+        readiness: Callable[[], str | None] = lambda: None,
+    ) -> None:
+        self.config = config
+        self.queue = queue
+        self.scorer = scorer
+        self.metrics = metrics
+        self.publish = publish
+        self.on_stream_deleted = on_stream_deleted
+        self.max_streams = max_streams
+        self.heatmap_history = heatmap_history
+        self.source_factory = source_factory
+        self.readiness = readiness  # returns why frames cannot be scored now, or None
+        self._streams: dict[str, _Stream] = {}
+        self._lock = threading.Lock()
+        self._stateless_index = 0
+
+    # --- registry -----------------------------------------------------------------------------
+    def create(self, source: str = PUSH, name: str | None = None, options: Mapping[str, Any] | None = None) -> StreamInfo:
+        if source != PUSH and self.source_factory is None:
+            raise UnsupportedSource(
+                f"source {source!r}: live sources are not supported by this server yet; use \"push\""
+            )
+        frames = self.config.frames if self.config is not None else 5
+        with self._lock:
+            if len(self._streams) >= self.max_streams:
+                raise StreamLimitReached(
+                    f"at most {self.max_streams} streams may be open at once; delete one first"
+                )
+            stream_id = uuid.uuid4().hex[:12]
+            stream = _Stream(
+                id=stream_id, name=name or stream_id, source=source, ring=FrameRing(frames),
+                history=deque(maxlen=self.heatmap_history),
+            )
+            self._streams[stream_id] = stream
+        if source != PUSH:
+            assert self.source_factory is not None
+            try:
+                stream.live = self.source_factory(SourceRequest(stream_id, source, stream.name, options or {}), self)
+                stream.live.start()
+            except (UnsupportedSource, ValueError) as exc:
+                self._discard(stream_id)
+                raise UnsupportedSource(str(exc)) from exc
+            except Exception:
+                self._discard(stream_id)
+                raise
+        log.info("stream %s (%s) created, source %s", stream_id, stream.name, source)
+        return stream.info()
+
+    def get(self, stream_id: str) -> StreamInfo:
+        stream = self._get(stream_id)
+        with stream.lock:
+            return stream.info()
+
+    def list(self) -> list[StreamInfo]:
+        with self._lock:
+            streams = list(self._streams.values())
+        result = []
+        for stream in streams:
+            with stream.lock:
+                result.append(stream.info())
+        return sorted(result, key=lambda s: s.created_at)
+
+    def delete(self, stream_id: str) -> StreamInfo:
+        """Stop a stream: its waiting frames end as dropped ("stream_deleted"), subscribers are closed."""
+        stream = self._discard(stream_id)
+        if stream is None:
+            raise StreamNotFound(f"no stream {stream_id!r}")
+        if stream.live is not None:
+            try:
+                stream.live.stop()
+            except Exception:  # the stream is gone either way; say why the source did not stop cleanly
+                log.exception("stream %s: source did not stop cleanly", stream_id)
+        for job in self.queue.remove_stream(stream_id):
+            self._finish_dropped(stream, job, DROP_STREAM_DELETED)
+        with stream.lock:
+            info = stream.info()
+        log.info("stream %s deleted after %d frames", stream_id, info.frames_received)
+        return info
+
+    def state_counts(self) -> dict[str, int]:
+        with self._lock:
+            streams = list(self._streams.values())
+        counts: dict[str, int] = {}
+        for stream in streams:
+            counts[stream.state] = counts.get(stream.state, 0) + 1
+        return counts
+
+    def close(self) -> None:
+        """Shutdown: stop live sources; waiting frames are answered by the lifespan via `drop_jobs`."""
+        with self._lock:
+            streams = list(self._streams.values())
+        for stream in streams:
+            with stream.lock:
+                stream.closed = True
+                stream.state = "stopped"
+            if stream.live is not None:
+                try:
+                    stream.live.stop()
+                except Exception:
+                    log.exception("stream %s: source did not stop cleanly", stream.id)
+
+    # --- producer interface (see module docstring) ---------------------------------------------
+    def submit(
+        self,
+        stream_id: str,
+        frame_bgr: np.ndarray,
+        timestamp: float | None = None,
+        *,
+        received_at: float | None = None,
+    ) -> Future[FrameResult]:
+        received_at = time.monotonic() if received_at is None else received_at
+        timestamp = time.time() if timestamp is None else timestamp
+        config = self._require_ready()
+        stream = self._get(stream_id)
+        _check_frame(frame_bgr)
+        resized = resize_frame(frame_bgr, config)  # outside the lock: the costly part
+        frame_size = (frame_bgr.shape[1], frame_bgr.shape[0])
+        with stream.lock:
+            if stream.closed:
+                raise StreamClosed(f"stream {stream_id!r} is {stream.state}")
+            index = stream.received
+            stream.received += 1
+            self.metrics.frames_received.labels(stream_id).inc()
+            reason = None
+            previous = stream.ring.frame_size
+            if previous is not None and previous != frame_size:
+                reason = (f"frame size changed from {previous[0]}x{previous[1]} to "
+                          f"{frame_size[0]}x{frame_size[1]}; buffer reset")
+                stream.ring.reset()
+            buffered = len(stream.ring)
+            stream.ring.push(resized, frame_size)
+            if stream.state in ("starting", "reconnecting") or (reason and stream.state == "running"):
+                stream.state, stream.state_reason = "warming", reason
+            if not stream.ring.full:
+                stream.warming += 1
+                self.metrics.frames_warming.labels(stream_id).inc()
+                result = FrameResult(
+                    stream_id=stream_id, frame_index=index, status="warming", timestamp=timestamp,
+                    latency_ms=(time.monotonic() - received_at) * 1000, frame_width=frame_size[0],
+                    frame_height=frame_size[1], frames_buffered=buffered, reason=reason,
+                )
+                stream.last_result = result
+                future: Future[FrameResult] = Future()
+                future.set_result(result)
+                return future
+            job = Job(
+                stream_id=stream_id, frame_index=index, clip=stream.ring.clip(), frame=frame_bgr,
+                timestamp=timestamp, received_at=received_at, epoch=stream.ring.epoch, frames_buffered=buffered,
+            )
+            stream.pending += 1
+            evicted = self.queue.put(job)  # under the stream lock: queue order = frame order
+        for old in evicted:
+            self._finish_dropped(stream, old, DROP_OVERLOAD if old is not job else DROP_SHUTDOWN)
+        return job.future
+
+    def reset_buffer(self, stream_id: str, reason: str | None = None) -> None:
+        stream = self._get(stream_id)
+        with stream.lock:
+            stream.ring.reset()
+            if stream.state == "running":
+                stream.state, stream.state_reason = "warming", reason
+
+    def set_state(self, stream_id: str, state: StreamState, reason: str | None = None) -> None:
+        if state not in STREAM_STATES:
+            raise ValueError(f"unknown stream state {state!r}; one of {', '.join(STREAM_STATES)}")
+        stream = self._get(stream_id)
+        with stream.lock:
+            stream.state, stream.state_reason = state, reason
+        log.info("stream %s is %s%s", stream_id, state, f" ({reason})" if reason else "")
+
+    # --- stateless scoring -------------------------------------------------------------------
+    def score_clip(self, frames: list[np.ndarray], *, received_at: float | None = None) -> Future[ClipOutcome]:
+        """Score T decoded frames (oldest first) as one clip, outside any stream. Raises Overloaded."""
+        received_at = time.monotonic() if received_at is None else received_at
+        config = self._require_ready()
+        if len(frames) != config.frames:
+            raise InvalidImage(f"send exactly {config.frames} images (oldest first), got {len(frames)}")
+        sizes = {(f.shape[1], f.shape[0]) for f in frames}
+        if len(sizes) > 1:
+            raise InvalidImage("all images of a clip must have the same size, got "
+                               + ", ".join(f"{w}x{h}" for w, h in sorted(sizes)))
+        for frame in frames:
+            _check_frame(frame)
+        ring = FrameRing(config.frames)
+        for frame in frames:
+            ring.push(resize_frame(frame, config), (frame.shape[1], frame.shape[0]))
+        with self._lock:
+            index = self._stateless_index
+            self._stateless_index += 1
+        job = Job(
+            stream_id=None, frame_index=index, clip=ring.clip(), frame=frames[-1], timestamp=time.time(),
+            received_at=received_at, epoch=0, frames_buffered=config.frames - 1,
+        )
+        self.queue.put(job)  # raises Overloaded when too many wait
+        return job.future
+
+    # --- results from the inference worker -----------------------------------------------------
+    def complete_batch(self, jobs: list[Job], scores: ClipScores | None, error: BaseException | None) -> None:
+        """Sink of the inference worker (its thread): score, record, publish, answer."""
+        for i, job in enumerate(jobs):
+            stream = self._streams.get(job.stream_id) if job.stream_id is not None else None
+            try:
+                if scores is None or self.scorer is None:
+                    self._finish_dropped(stream, job, DROP_INFERENCE_ERROR)
+                    continue
+                result = self.scorer.result(
+                    stream_id=job.stream_id, frame_index=job.frame_index, epoch=job.epoch,
+                    score=float(scores.score[i]), y=int(scores.y[i]), x=int(scores.x[i]),
+                    frame_size=job.frame_size, timestamp=job.timestamp, received_at=job.received_at,
+                    frames_buffered=job.frames_buffered,
+                )
+                scored = ScoredFrame(result, scores.errors[i].numpy())
+                self._finish_scored(stream, job, scored)
+            except Exception:  # never leave a request waiting because of a bug in one result
+                log.exception("could not complete frame %s of stream %s", job.frame_index, job.stream_id)
+                self._finish_dropped(stream, job, DROP_INFERENCE_ERROR)
+
+    def drop_jobs(self, jobs: list[Job], reason: str) -> None:
+        for job in jobs:
+            stream = self._streams.get(job.stream_id) if job.stream_id is not None else None
+            self._finish_dropped(stream, job, reason)
+
+    def _finish_scored(self, stream: _Stream | None, job: Job, scored: ScoredFrame) -> None:
+        result = scored.result
+        if job.stream_id is None:
+            self.metrics.stateless_requests.labels("scored").inc()
+            self.metrics.frame_latency.observe(result.latency_ms / 1000)
+            _resolve(job.future, ClipOutcome(result, scored.errors))
+            return
+        if stream is not None:
+            with stream.lock:
+                stream.pending -= 1
+                stream.scored += 1
+                stream.last_result = result
+                stream.history.append(HeatmapRecord(result, scored.errors, job.frame))
+                if stream.state == "warming" and job.epoch == stream.ring.epoch:
+                    stream.state, stream.state_reason = "running", None
+                closed = stream.closed
+            if not closed:
+                self.metrics.frames_scored.labels(job.stream_id).inc()
+                if result.is_anomaly:
+                    self.metrics.anomalies.labels(job.stream_id).inc()
+        self.metrics.frame_latency.observe(result.latency_ms / 1000)
+        self.publish(result)
+        _resolve(job.future, result)
+
+    def _finish_dropped(self, stream: _Stream | None, job: Job, reason: str) -> None:
+        result = FrameResult(
+            stream_id=job.stream_id, frame_index=job.frame_index, status="dropped", timestamp=job.timestamp,
+            latency_ms=(time.monotonic() - job.received_at) * 1000, frame_width=job.frame_size[0],
+            frame_height=job.frame_size[1], frames_buffered=job.frames_buffered, reason=reason,
+        )
+        if job.stream_id is None:
+            self.metrics.stateless_requests.labels(reason).inc()
+            _resolve(job.future, ClipOutcome(result, None))
+            return
+        if stream is not None:
+            with stream.lock:
+                stream.pending -= 1
+                stream.dropped += 1
+                closed = stream.closed  # a deleted stream's series are gone: its DELETE answer counts these
+            if not closed:
+                self.metrics.dropped(job.stream_id, reason)
+        _resolve(job.future, result)
+
+    # --- heatmaps ------------------------------------------------------------------------------
+    def heatmap_record(self, stream_id: str, frame_index: int | None = None) -> HeatmapRecord:
+        stream = self._get(stream_id)
+        with stream.lock:
+            history = list(stream.history)
+        if not history:
+            raise HeatmapNotAvailable(f"stream {stream_id!r} has no scored frame yet")
+        if frame_index is None:
+            return history[-1]
+        for record in history:
+            if record.result.frame_index == frame_index:
+                return record
+        kept = ", ".join(str(r.result.frame_index) for r in history)
+        raise HeatmapNotAvailable(
+            f"frame {frame_index} of stream {stream_id!r} is not among the last {len(history)} scored frames ({kept})"
+        )
+
+    # --- helpers ------------------------------------------------------------------------------
+    def _get(self, stream_id: str) -> _Stream:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            raise StreamNotFound(f"no stream {stream_id!r}")
+        return stream
+
+    def _discard(self, stream_id: str) -> _Stream | None:
+        with self._lock:
+            stream = self._streams.pop(stream_id, None)
+        if stream is None:
+            return None
+        with stream.lock:
+            stream.closed = True
+            stream.state = "stopped"
+        if self.scorer is not None:
+            self.scorer.forget(stream_id)
+        self.on_stream_deleted(stream_id)
+        return stream
+
+    def _require_ready(self) -> DESDnetConfig:
+        reason = self.readiness()
+        if reason is not None or self.config is None:
+            raise NotReady(f"not ready to score frames: {reason or 'no model loaded'}")
+        return self.config
+
+
+def _check_frame(frame: np.ndarray) -> None:
+    if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8:
+        raise InvalidImage("a frame must be a uint8 numpy array")
+    if frame.ndim not in (2, 3) or (frame.ndim == 3 and frame.shape[2] not in (1, 3, 4)):
+        raise InvalidImage(f"a frame must be (H, W), (H, W, 3) or (H, W, 4), got shape {frame.shape}")
+    if min(frame.shape[:2]) < 1:
+        raise InvalidImage(f"a frame must not be empty, got shape {frame.shape}")
+
+
+__all__ = ["PUSH", "ClipOutcome", "HeatmapRecord", "LiveSource", "SourceFactory", "SourceRequest", "StreamManager"]

@@ -1,0 +1,697 @@
+"""Live sources: an RTSP/HTTP camera decoded in its own thread, feeding a stream's ring buffer.
+
+Why PyAV rather than cv2.VideoCapture: PyAV takes FFmpeg options per container (protocol whitelist,
+RTSP transport, probe sizes) where OpenCV only reads the process-wide OPENCV_FFMPEG_CAPTURE_OPTIONS
+(which would also forbid `file` to every other VideoCapture in the process, e.g. `vad evaluate` on
+.avi files); its `timeout=(open, read)` arms FFmpeg's interrupt callback for the open and for every
+read; it raises typed errors (401, connection refused, timeout) instead of returning False; and it
+exposes each frame's presentation time, used to detect gaps. Both decode with the same libavcodec.
+
+Threads per source: a *grabber* that opens, reads and decodes as fast as the camera sends (so the
+socket never backs up and FFmpeg never buffers old frames) and keeps only the newest frame in a
+one-slot mailbox; and a *deliverer* that converts that frame to BGR and hands it to the sink. Any
+frame overwritten before the deliverer took it is dropped ("stale"); frames thinned to `max_fps`
+are dropped before conversion ("max_fps"); a frame older than `max_frame_age_s` when the deliverer
+gets to it is dropped too ("stale"). All sink calls happen on the deliverer thread, in order.
+
+Failure policy: every open has `open_timeout_s`, every read `stall_timeout_s`. A failed open or a
+lost connection sets state "reconnecting", resets the sink's ring buffer and reopens after an
+exponential backoff (initial * factor^n, capped at `backoff_max_s`, with jitter); the backoff starts
+over once a connection delivered a frame. No decoded frame for `stall_timeout_s` while connected is a
+stall: counted, and the source is reopened. The URL is checked again before every open (DNS may
+change); a refused URL ends the source in state "failed".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from .netguard import (
+    FFMPEG_PROTOCOL_WHITELIST,
+    AnyNetwork,
+    SourceRefused,
+    check_source_url,
+    parse_networks,
+    redact_text,
+    redact_url,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "FrameSink",
+    "LiveSource",
+    "NullSourceMetrics",
+    "PrometheusSourceMetrics",
+    "SourceMetrics",
+    "SourceRefused",
+    "SourceSettings",
+    "SourceState",
+    "redact_url",
+]
+
+DROP_STALE = "stale"  # a newer frame arrived before the consumer took this one, or it aged out
+DROP_MAX_FPS = "max_fps"  # thinned to the stream's max_fps
+DROP_SINK_ERROR = "sink_error"  # the sink raised while taking it
+DROP_DECODE_ERROR = "decode_error"  # a packet the decoder could not decode
+# The demuxers a live source may use; anything else (concat, image2, sdp, ...) is refused by FFmpeg.
+FFMPEG_FORMAT_WHITELIST = "rtsp,hls,mpjpeg,mjpeg,mpegts,flv,matroska,webm,mov,mp4,h264,hevc"
+
+
+class SourceState(StrEnum):
+    STARTING = "starting"
+    RUNNING = "running"
+    RECONNECTING = "reconnecting"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+@runtime_checkable
+class FrameSink(Protocol):
+    """What a live source feeds: one stream's ring buffer. All calls come from one thread, in order."""
+
+    def submit_frame(self, frame: np.ndarray, timestamp: float) -> object:
+        """A decoded BGR uint8 frame (H, W, 3) and its receipt time (seconds since the epoch).
+
+        May block until the frame is accepted (or scored): the source keeps only the newest frame
+        meanwhile, so blocking is how a slow consumer pushes back. Exceptions are logged and counted.
+        """
+
+    def reset(self) -> None:
+        """Empty the ring buffer: the next frame does not continue the previous ones."""
+
+    def set_state(self, state: str) -> None:
+        """starting | running | reconnecting | stopped | failed."""
+
+
+class SourceMetrics(Protocol):
+    def reconnect(self, stream: str) -> None: ...
+    def stall(self, stream: str) -> None: ...
+    def dropped(self, stream: str, reason: str, count: int = 1) -> None: ...
+
+
+class NullSourceMetrics:
+    def reconnect(self, stream: str) -> None:
+        pass
+
+    def stall(self, stream: str) -> None:
+        pass
+
+    def dropped(self, stream: str, reason: str, count: int = 1) -> None:
+        pass
+
+
+class PrometheusSourceMetrics:
+    """vad_source_reconnects_total{stream} and vad_source_stalls_total{stream} in `registry`.
+
+    Drops go to `dropped(stream, reason, count)` when given (ServiceMetrics.dropped, which counts
+    vad_frames_dropped_total{stream,reason}), else to a vad_source_frames_dropped_total counter here.
+    """
+
+    def __init__(self, registry, dropped: Callable[[str, str, int], None] | None = None) -> None:
+        from prometheus_client import Counter
+
+        self.reconnects = Counter(
+            "vad_source_reconnects", "Live source reopen attempts after a failed open, a drop or a stall",
+            ["stream"], registry=registry,
+        )
+        self.stalls = Counter(
+            "vad_source_stalls", "Live sources that sent no frame for stall_timeout while connected",
+            ["stream"], registry=registry,
+        )
+        self._dropped_callback = dropped
+        self._dropped = None
+        if dropped is None:
+            self._dropped = Counter(
+                "vad_source_frames_dropped", "Frames a live source dropped before the stream, by reason",
+                ["stream", "reason"], registry=registry,
+            )
+        self._reasons: dict[str, set[str]] = {}
+        self._lock = threading.Lock()
+
+    def reconnect(self, stream: str) -> None:
+        self.reconnects.labels(stream).inc()
+
+    def stall(self, stream: str) -> None:
+        self.stalls.labels(stream).inc()
+
+    def dropped(self, stream: str, reason: str, count: int = 1) -> None:
+        if self._dropped_callback is not None:
+            self._dropped_callback(stream, reason, count)
+            return
+        with self._lock:
+            self._reasons.setdefault(stream, set()).add(reason)
+        assert self._dropped is not None
+        self._dropped.labels(stream, reason).inc(count)
+
+    def forget_stream(self, stream: str) -> None:
+        for counter in (self.reconnects, self.stalls):
+            with contextlib.suppress(KeyError):
+                counter.remove(stream)
+        with self._lock:
+            reasons = self._reasons.pop(stream, set())
+        for reason in reasons:
+            with contextlib.suppress(KeyError):
+                self._dropped.remove(stream, reason)  # type: ignore[union-attr]
+
+
+@dataclass(frozen=True)
+class SourceSettings:
+    """Timeouts and policies of live sources. `from_env()` reads VAD_SOURCE_* and VAD_ALLOWED_SOURCE_NETWORKS."""
+
+    open_timeout_s: float = 10.0  # connect + handshake + stream probing
+    stall_timeout_s: float = 5.0  # no frame for this long while connected: reopen (also the read timeout)
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+    backoff_factor: float = 2.0
+    backoff_jitter: float = 0.1  # +- this fraction of each delay
+    max_attempts: int | None = None  # consecutive failed opens before "failed"; None: retry for ever
+    gap_reset_s: float = 2.0  # frames further apart than this (receipt or presentation time): reset the ring
+    max_frame_age_s: float = 1.0  # older frames are never handed over
+    rtsp_transport: str = "tcp"  # tcp: one connection (firewall/NAT friendly, no UDP ports to attacker-chosen hosts)
+    decoder_threads: int = 1
+    allowed_networks: tuple[AnyNetwork, ...] = ()
+    resolve_timeout_s: float = 3.0
+    pin_address: bool = True  # rtsp://: connect to the address we checked, not a second DNS answer
+    tls_verify: bool = False  # rtsps/https: verify the server certificate (most cameras are self-signed)
+    stop_timeout_s: float = 2.0
+    extra_options: Mapping[str, str] = field(default_factory=dict)  # more FFmpeg options (tests, tuning)
+
+    def __post_init__(self) -> None:
+        for name in ("open_timeout_s", "stall_timeout_s", "backoff_initial_s", "backoff_max_s", "gap_reset_s",
+                     "max_frame_age_s", "resolve_timeout_s", "stop_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"source settings: {name} must be > 0")
+        if self.backoff_factor < 1:
+            raise ValueError("source settings: backoff_factor must be >= 1")
+        if self.rtsp_transport not in ("tcp", "udp", "http", "https"):
+            raise ValueError("source settings: rtsp_transport must be tcp, udp, http or https")
+        if isinstance(self.allowed_networks, str) or any(isinstance(n, str) for n in self.allowed_networks):
+            object.__setattr__(self, "allowed_networks", parse_networks(self.allowed_networks))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> SourceSettings:
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        names = {
+            "open_timeout_s": "VAD_SOURCE_OPEN_TIMEOUT_S",
+            "stall_timeout_s": "VAD_SOURCE_STALL_TIMEOUT_S",
+            "backoff_initial_s": "VAD_SOURCE_BACKOFF_INITIAL_S",
+            "backoff_max_s": "VAD_SOURCE_BACKOFF_MAX_S",
+            "gap_reset_s": "VAD_SOURCE_GAP_RESET_S",
+            "max_frame_age_s": "VAD_SOURCE_MAX_FRAME_AGE_S",
+        }
+        for key, name in names.items():
+            if env.get(name):
+                values[key] = float(env[name])
+        if env.get("VAD_SOURCE_RTSP_TRANSPORT"):
+            values["rtsp_transport"] = env["VAD_SOURCE_RTSP_TRANSPORT"]
+        if env.get("VAD_SOURCE_TLS_VERIFY"):
+            values["tls_verify"] = env["VAD_SOURCE_TLS_VERIFY"].lower() in ("1", "true", "yes")
+        values["allowed_networks"] = parse_networks(env.get("VAD_ALLOWED_SOURCE_NETWORKS", ""))
+        values.update(overrides)
+        return cls(**values)
+
+    def with_(self, **changes: Any) -> SourceSettings:
+        return replace(self, **changes)
+
+    def ffmpeg_options(self, scheme: str) -> dict[str, str]:
+        options = {
+            "protocol_whitelist": FFMPEG_PROTOCOL_WHITELIST,
+            "format_whitelist": FFMPEG_FORMAT_WHITELIST,
+            "analyzeduration": "1000000",  # 1 s of probing at most: live sources, low start-up latency
+            "probesize": "1000000",
+            "fflags": "nobuffer+discardcorrupt",
+            "flags": "low_delay",
+            "user_agent": "desdnet-vad",
+        }
+        if scheme in ("rtsp", "rtsps"):
+            options["rtsp_transport"] = self.rtsp_transport
+            options["timeout"] = str(int(self.stall_timeout_s * 1e6))  # socket I/O timeout, microseconds
+        if scheme in ("https", "rtsps") and self.tls_verify:
+            options["tls_verify"] = "1"
+        options.update({str(k): str(v) for k, v in self.extra_options.items()})
+        return options
+
+    def backoff(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Delay before reopen number `attempt` (1, 2, ...)."""
+        base = min(self.backoff_max_s, self.backoff_initial_s * self.backoff_factor ** max(0, attempt - 1))
+        jitter = (rng or random).uniform(-self.backoff_jitter, self.backoff_jitter)
+        return max(0.0, min(self.backoff_max_s, base * (1.0 + jitter)))
+
+
+def _open_pyav(url: str, options: dict[str, str], timeout: tuple[float, float]):
+    import av
+
+    return av.open(url, mode="r", options=options, timeout=timeout)
+
+
+Opener = Callable[[str, dict[str, str], tuple[float, float]], Any]
+
+
+@dataclass
+class _Pending:
+    frame: Any  # av.VideoFrame, converted only if delivered
+    received: float  # time.monotonic() at decode
+    wall: float  # time.time() at decode
+
+
+class LiveSource:
+    """One live camera feeding one sink. `start()`, then `stop()`; `stats()` for the API.
+
+    The URL is checked (scheme, host, resolved addresses) in the constructor: a refused one raises
+    SourceRefused before any thread or connection exists.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        sink: FrameSink,
+        *,
+        stream_id: str = "stream",
+        settings: SourceSettings | None = None,
+        max_fps: float | None = None,
+        metrics: SourceMetrics | None = None,
+        opener: Opener | None = None,
+        resolver=None,
+    ) -> None:
+        self.settings = settings or SourceSettings()
+        self.stream_id = stream_id
+        self._resolver = resolver
+        self._url = url
+        check_source_url(url, self.settings.allowed_networks, resolve_timeout=self.settings.resolve_timeout_s,
+                         resolver=resolver)
+        self.source = redact_url(url)
+        if max_fps is not None and not max_fps > 0:
+            raise ValueError("max_fps must be > 0")
+        self.max_fps = max_fps
+        self._sink = sink
+        self._metrics: SourceMetrics = metrics or NullSourceMetrics()
+        self._opener = opener or _open_pyav
+        self._rng = random.Random()
+
+        self._lock = threading.Condition()
+        self._stop = threading.Event()
+        self._state = SourceState.STARTING
+        self._state_reason: str | None = None
+        self._notified_state: SourceState | None = None
+        self._pending: _Pending | None = None
+        self._reset_pending = False
+        self._grabber_done = False
+        self._epoch = 0  # connection number
+        self._connected_epoch = -1  # epoch whose connection is open now (-1: none)
+        self._stall_epoch = -1  # last epoch whose stall was counted
+        self._last_frame_at = 0.0  # monotonic, last decoded frame of the current connection
+        self._threads: list[threading.Thread] = []
+
+        # Stats (read by stats(); ints under the GIL)
+        self.frames_decoded = 0
+        self.frames_delivered = 0
+        self.reconnects = 0
+        self.stalls = 0
+        self.dropped: dict[str, int] = {}
+        self.last_error: str | None = None
+        self.last_frame_age_s: float | None = None  # receipt -> handover of the last delivered frame
+        self.max_frame_age_s_seen = 0.0
+        self.connected_at: float | None = None  # monotonic time the current connection opened
+
+    # ------------------------------------------------------------------ public
+
+    def __repr__(self) -> str:
+        return f"LiveSource(stream={self.stream_id!r}, source={self.source!r}, state={self.state.value})"
+
+    __str__ = __repr__
+
+    @property
+    def state(self) -> SourceState:
+        return self._state
+
+    @property
+    def state_reason(self) -> str | None:
+        return self._state_reason
+
+    def start(self) -> LiveSource:
+        if self._threads:
+            raise RuntimeError("source already started")
+        grabber = threading.Thread(target=self._grab_loop, name=f"vad-grab-{self.stream_id}", daemon=True)
+        deliverer = threading.Thread(target=self._deliver_loop, name=f"vad-deliver-{self.stream_id}", daemon=True)
+        self._threads = [grabber, deliverer]
+        self._notify_state(SourceState.STARTING, None)
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Stop both threads; True when they ended within `timeout` (default settings.stop_timeout_s).
+
+        The sink gets no call after stop() returns but a final set_state("stopped"). A grabber
+        blocked in an FFmpeg call ends by itself when that call's timeout fires, closing the socket.
+        """
+        timeout = self.settings.stop_timeout_s if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            self._stop.set()
+            self._lock.notify_all()
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        ended = not any(t.is_alive() for t in self._threads)
+        if self._state is not SourceState.FAILED:
+            self._state = SourceState.STOPPED
+        self._call_sink("set_state", self._state.value)
+        return ended
+
+    def alive(self) -> bool:
+        return any(t.is_alive() for t in self._threads)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "state": self._state.value,
+            "state_reason": self._state_reason,
+            "frames_decoded": self.frames_decoded,
+            "frames_delivered": self.frames_delivered,
+            "frames_dropped": dict(self.dropped),
+            "reconnects": self.reconnects,
+            "stalls": self.stalls,
+            "last_error": self.last_error,
+            "last_frame_age_s": self.last_frame_age_s,
+            "max_fps": self.max_fps,
+        }
+
+    # ------------------------------------------------------------------ helpers
+
+    def _safe(self, text: object) -> str:
+        return redact_text(str(text), self._url)
+
+    def _drop(self, reason: str, count: int = 1) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + count
+        try:
+            self._metrics.dropped(self.stream_id, reason, count)
+        except Exception:  # noqa: BLE001 - metrics never break the source
+            log.exception("source metrics failed")
+
+    def _set_state(self, state: SourceState, reason: str | None = None, reset: bool = False) -> None:
+        with self._lock:
+            if self._stop.is_set() and state not in (SourceState.FAILED,):
+                return
+            self._state = state
+            self._state_reason = reason
+            if reset:
+                self._reset_pending = True
+                if self._pending is not None:
+                    self._pending = None
+                    self._drop(DROP_STALE)
+            self._lock.notify_all()
+
+    def _notify_state(self, state: SourceState, reason: str | None) -> None:
+        if state is not self._notified_state:
+            self._notified_state = state
+            self._call_sink("set_state", state.value)
+
+    def _call_sink(self, method: str, *args: Any) -> bool:
+        try:
+            getattr(self._sink, method)(*args)
+            return True
+        except Exception as exc:  # noqa: BLE001 - a failing sink must not kill the source
+            log.warning("stream %s: sink.%s failed: %s", self.stream_id, method, self._safe(exc))
+            return False
+
+    def _count_stall(self, epoch: int, how: str) -> bool:
+        with self._lock:
+            if self._stall_epoch == epoch:
+                return False
+            self._stall_epoch = epoch
+        self.stalls += 1
+        try:
+            self._metrics.stall(self.stream_id)
+        except Exception:  # noqa: BLE001
+            log.exception("source metrics failed")
+        log.warning("stream %s: source %s stalled (%s); reopening", self.stream_id, self.source, how)
+        return True
+
+    def _sleep(self, seconds: float) -> bool:
+        """Sleep unless stopped; True when stopped."""
+        return self._stop.wait(seconds)
+
+    # ------------------------------------------------------------------ grabber
+
+    def _grab_loop(self) -> None:
+        attempt = 0  # consecutive failed opens
+        opened_before = False
+        try:
+            while not self._stop.is_set():
+                if opened_before or attempt:
+                    self.reconnects += 1
+                    try:
+                        self._metrics.reconnect(self.stream_id)
+                    except Exception:  # noqa: BLE001
+                        log.exception("source metrics failed")
+                try:
+                    checked = check_source_url(
+                        self._url, self.settings.allowed_networks,
+                        resolve_timeout=self.settings.resolve_timeout_s, resolver=self._resolver,
+                    )
+                except SourceRefused as exc:
+                    self.last_error = self._safe(exc)
+                    log.error("stream %s: source %s refused: %s", self.stream_id, self.source, self.last_error)
+                    self._set_state(SourceState.FAILED, self.last_error, reset=True)
+                    return
+                target = checked.pinned_url() if self.settings.pin_address and checked.scheme == "rtsp" else self._url
+                container = None
+                try:
+                    container = self._opener(
+                        target, self.settings.ffmpeg_options(checked.scheme),
+                        (self.settings.open_timeout_s, self.settings.stall_timeout_s),
+                    )
+                    video = container.streams.video
+                    if not video:
+                        raise OSError("the source has no video stream")
+                except Exception as exc:  # noqa: BLE001 - any open failure: back off and retry
+                    if container is not None:
+                        self._close(container)
+                    attempt += 1
+                    self.last_error = redact_text(str(exc), self._url, target)
+                    if self._stop.is_set():
+                        return
+                    log.warning("stream %s: cannot open %s (attempt %d): %s", self.stream_id, self.source,
+                                attempt, self.last_error)
+                    if self._permanent(exc) or (
+                        self.settings.max_attempts is not None and attempt >= self.settings.max_attempts
+                    ):
+                        self._set_state(SourceState.FAILED, self.last_error, reset=True)
+                        return
+                    self._set_state(SourceState.RECONNECTING, self.last_error, reset=opened_before)
+                    if self._sleep(self.settings.backoff(attempt, self._rng)):
+                        return
+                    continue
+
+                opened_before = True
+                log.info("stream %s: opened %s", self.stream_id, self.source)
+                try:
+                    outcome, got_frames = self._read(container, video[0])
+                finally:
+                    with self._lock:
+                        self._connected_epoch = -1
+                    self._close(container)
+                if self._stop.is_set():
+                    return
+                if got_frames:
+                    attempt = 0
+                attempt += 1
+                self._set_state(SourceState.RECONNECTING, outcome, reset=True)
+                log.warning("stream %s: source %s lost (%s); reconnecting", self.stream_id, self.source, outcome)
+                if self._sleep(self.settings.backoff(attempt, self._rng)):
+                    return
+        except Exception as exc:  # noqa: BLE001 - last resort: never die silently
+            self.last_error = self._safe(exc)
+            log.error("stream %s: source thread crashed: %s", self.stream_id, self.last_error)
+            self._set_state(SourceState.FAILED, self.last_error, reset=True)
+        finally:
+            with self._lock:
+                self._grabber_done = True
+                self._lock.notify_all()
+
+    @staticmethod
+    def _permanent(exc: BaseException) -> bool:
+        """Errors no retry can fix: FFmpeg refusing a protocol or format we do not allow."""
+        text = str(exc)
+        return "not on whitelist" in text or "Protocol not found" in text
+
+    @staticmethod
+    def _close(container: Any) -> None:
+        with contextlib.suppress(Exception):
+            container.close()
+
+    def _read(self, container: Any, stream: Any) -> tuple[str, bool]:
+        """Demux and decode until stopped, stalled or lost: (what ended it, whether frames came)."""
+        import av
+
+        codec = stream.codec_context
+        try:
+            codec.thread_type = "SLICE"
+            codec.thread_count = max(1, self.settings.decoder_threads)
+        except Exception:  # noqa: BLE001 - some decoders refuse; defaults are fine
+            pass
+        now = time.monotonic()
+        with self._lock:
+            self._epoch += 1
+            epoch = self._epoch
+            self._connected_epoch = epoch
+            self._last_frame_at = now
+        self.connected_at = now
+        got_frames = False
+        last_src_time: float | None = None
+        last_received: float | None = None
+        next_due: float | None = None
+        interval = 1.0 / self.max_fps if self.max_fps else 0.0
+        stall = self.settings.stall_timeout_s
+        try:
+            for packet in container.demux(stream):
+                if self._stop.is_set():
+                    return "stopped", got_frames
+                if self._stall_epoch == epoch:
+                    return "stalled", got_frames
+                try:
+                    frames = packet.decode()
+                except (av.error.InvalidDataError, av.error.UndefinedError) as exc:
+                    self._drop(DROP_DECODE_ERROR)
+                    log.debug("stream %s: decode error: %s", self.stream_id, self._safe(exc))
+                    frames = []
+                now = time.monotonic()
+                for frame in frames:
+                    wall = time.time()
+                    self.frames_decoded += 1
+                    with self._lock:
+                        self._last_frame_at = now
+                    src_time = frame.time
+                    gap = (
+                        last_received is not None and now - last_received > self.settings.gap_reset_s
+                    ) or (
+                        src_time is not None and last_src_time is not None
+                        and not (0 <= src_time - last_src_time <= self.settings.gap_reset_s)
+                    )
+                    last_received = now
+                    last_src_time = src_time if src_time is not None else last_src_time
+                    if not got_frames:
+                        got_frames = True
+                        self._set_state(SourceState.RUNNING, None)
+                    elif gap:
+                        log.info("stream %s: timestamp gap; resetting the ring buffer", self.stream_id)
+                        self._set_state(SourceState.RUNNING, None, reset=True)
+                        next_due = None
+                    if interval:
+                        clock = src_time if src_time is not None else now
+                        if next_due is None or clock - next_due > interval:
+                            next_due = clock
+                        if clock + 0.1 * interval < next_due:
+                            self._drop(DROP_MAX_FPS)
+                            continue
+                        next_due += interval
+                    with self._lock:
+                        if self._pending is not None:
+                            self._drop(DROP_STALE)
+                        self._pending = _Pending(frame, now, wall)
+                        self._lock.notify_all()
+                if now - self._last_frame_at > stall:
+                    self._count_stall(epoch, f"packets but no decoded frame for {stall:g} s")
+                    return "stalled", got_frames
+        except av.error.ExitError:
+            # FFmpeg's interrupt callback: the read timeout (stall_timeout_s) fired.
+            if self._stop.is_set():
+                return "stopped", got_frames
+            self._count_stall(epoch, f"no data for {stall:g} s")
+            return "stalled", got_frames
+        except (av.error.FFmpegError, OSError) as exc:
+            self.last_error = self._safe(exc)
+            if time.monotonic() - self._last_frame_at > stall and not self._stop.is_set():
+                self._count_stall(epoch, self.last_error)
+                return "stalled", got_frames
+            return f"read error: {self.last_error}", got_frames
+        return "end of stream", got_frames
+
+    # ------------------------------------------------------------------ deliverer
+
+    def _deliver_loop(self) -> None:
+        tick = min(0.25, self.settings.stall_timeout_s / 4)
+        while True:
+            with self._lock:
+                while (
+                    not self._stop.is_set()
+                    and self._pending is None
+                    and not self._reset_pending
+                    and self._notified_state is self._state
+                    and not self._grabber_done
+                ):
+                    if not self._lock.wait(tick):
+                        break
+                if self._stop.is_set():
+                    return
+                item, self._pending = self._pending, None
+                reset, self._reset_pending = self._reset_pending, False
+                state, reason = self._state, self._state_reason
+                grabber_done = self._grabber_done
+                connected, last_frame_at = self._connected_epoch, self._last_frame_at
+
+            # Watchdog: a connection that has gone quiet is a stall even while FFmpeg still waits.
+            quiet = connected >= 0 and time.monotonic() - last_frame_at > self.settings.stall_timeout_s
+            if quiet and self._count_stall(connected, f"no frame for {self.settings.stall_timeout_s:g} s"):
+                self._set_state(SourceState.RECONNECTING, "stalled", reset=True)
+                continue
+            if reset:
+                self._call_sink("reset")
+            self._notify_state(state, reason)
+            if item is not None:
+                self._deliver(item)
+            if grabber_done and item is None and not reset:
+                with self._lock:
+                    if self._pending is None and not self._reset_pending and self._notified_state is self._state:
+                        return
+
+    def _deliver(self, item: _Pending) -> None:
+        age = time.monotonic() - item.received
+        if age > self.settings.max_frame_age_s:
+            self._drop(DROP_STALE)
+            return
+        try:
+            image = item.frame.to_ndarray(format="bgr24")
+        except Exception as exc:  # noqa: BLE001
+            self._drop(DROP_DECODE_ERROR)
+            log.debug("stream %s: frame conversion failed: %s", self.stream_id, self._safe(exc))
+            return
+        if self._stop.is_set():
+            return
+        age = time.monotonic() - item.received
+        self.last_frame_age_s = age
+        self.max_frame_age_s_seen = max(self.max_frame_age_s_seen, age)
+        if self._call_sink("submit_frame", image, item.wall):
+            self.frames_delivered += 1
+        else:
+            self._drop(DROP_SINK_ERROR)
+
+
+def start_live_source(
+    url: str,
+    sink: FrameSink,
+    *,
+    stream_id: str,
+    settings: SourceSettings | None = None,
+    max_fps: float | None = None,
+    metrics: SourceMetrics | None = None,
+) -> LiveSource:
+    """Check the URL (SourceRefused on refusal), then start decoding it into `sink`."""
+    return LiveSource(url, sink, stream_id=stream_id, settings=settings, max_fps=max_fps, metrics=metrics).start()
+
+
+def is_live_url(source: str, schemes: Sequence[str] = ("rtsp", "rtsps", "http", "https")) -> bool:
+    return source.split(":", 1)[0].lower() in schemes

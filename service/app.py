@@ -8,6 +8,7 @@ import importlib.util
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Literal
 
 from fastapi import FastAPI
 
@@ -37,8 +38,10 @@ def default_source_factory() -> SourceFactory | None:
     return getattr(module, "source_factory", None)
 
 
-def create_app(settings: Settings, source_factory: SourceFactory | None = None) -> FastAPI:
-    factory = source_factory if source_factory is not None else default_source_factory()
+def create_app(settings: Settings, source_factory: SourceFactory | None | Literal["auto"] = "auto") -> FastAPI:
+    """source_factory: builds live sources for POST /v1/streams with a non-"push" source; "auto" uses
+    `service.sources.source_factory` when present, None refuses live sources (422)."""
+    factory = default_source_factory() if source_factory == "auto" else source_factory
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -8,8 +8,9 @@ from concurrent.futures import Future
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Query, Request, UploadFile
+from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
 from starlette.requests import Request as StarletteRequest
 
 from ..context import ServiceContext

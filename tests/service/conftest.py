@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from service.settings import Settings
+from service.streams import SourceFactory
 from tests.service.serving import RunningServer, running_server
 from tests.synthetic import make_video
 
@@ -45,8 +46,12 @@ def start_server(service_settings: Callable[..., Settings]) -> Iterator[Callable
     """Start servers with other settings inside a test; all are stopped at its end."""
     with ExitStack() as stack:
 
-        def start(settings: Settings | None = None, **overrides: Any) -> RunningServer:
-            return stack.enter_context(running_server(settings or service_settings(**overrides)))
+        def start(
+            settings: Settings | None = None, source_factory: SourceFactory | None = None, **overrides: Any
+        ) -> RunningServer:
+            return stack.enter_context(
+                running_server(settings or service_settings(**overrides), source_factory=source_factory)
+            )
 
         yield start
 

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Literal
 
 import cv2
 import httpx
@@ -56,7 +57,9 @@ class RunningServer:
 
 
 @contextmanager
-def running_server(settings: Settings, source_factory: SourceFactory | None = None) -> Iterator[RunningServer]:
+def running_server(
+    settings: Settings, source_factory: SourceFactory | None | Literal["auto"] = None
+) -> Iterator[RunningServer]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))  # a free port, held from the start: no race with other tests

@@ -30,6 +30,7 @@ import os
 import random
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -91,8 +92,8 @@ class FrameSink(Protocol):
     def reset(self) -> None:
         """Empty the ring buffer: the next frame does not continue the previous ones."""
 
-    def set_state(self, state: str) -> None:
-        """starting | running | reconnecting | stopped | failed."""
+    def set_state(self, state: str, reason: str | None = None) -> None:
+        """starting | running | reconnecting | stopped | failed, and why (credentials redacted)."""
 
 
 class SourceMetrics(Protocol):
@@ -314,6 +315,7 @@ class LiveSource:
         self._stall_epoch = -1  # last epoch whose stall was counted
         self._last_frame_at = 0.0  # monotonic, last decoded frame of the current connection
         self._threads: list[threading.Thread] = []
+        self._sink_warned_at: dict[str, float] = {}
 
         # Stats (read by stats(); ints under the GIL)
         self.frames_decoded = 0
@@ -368,7 +370,7 @@ class LiveSource:
         ended = not any(t.is_alive() for t in self._threads)
         if self._state is not SourceState.FAILED:
             self._state = SourceState.STOPPED
-        self._call_sink("set_state", self._state.value)
+        self._call_sink("set_state", self._state.value, self._state_reason)
         return ended
 
     def alive(self) -> bool:
@@ -417,14 +419,17 @@ class LiveSource:
     def _notify_state(self, state: SourceState, reason: str | None) -> None:
         if state is not self._notified_state:
             self._notified_state = state
-            self._call_sink("set_state", state.value)
+            self._call_sink("set_state", state.value, reason)
 
     def _call_sink(self, method: str, *args: Any) -> bool:
         try:
             getattr(self._sink, method)(*args)
             return True
         except Exception as exc:  # noqa: BLE001 - a failing sink must not kill the source
-            log.warning("stream %s: sink.%s failed: %s", self.stream_id, method, self._safe(exc))
+            now = time.monotonic()
+            if now - self._sink_warned_at.get(method, -1e9) >= 10.0:  # at most one warning per 10 s
+                self._sink_warned_at[method] = now
+                log.warning("stream %s: sink.%s failed: %s", self.stream_id, method, self._safe(exc))
             return False
 
     def _count_stall(self, epoch: int, how: str) -> bool:
@@ -678,6 +683,102 @@ class LiveSource:
             self.frames_delivered += 1
         else:
             self._drop(DROP_SINK_ERROR)
+
+
+class ManagerSink:
+    """FrameSink onto service.streams.StreamManager: submit/reset_buffer/set_state of one stream.
+
+    Keeps at most `max_in_flight` frames submitted and not yet answered (waiting, up to
+    `result_timeout_s`, for the oldest before submitting another), so a slow model makes the source
+    drop stale frames before they are resized instead of the manager dropping them as "overload".
+    Only "reconnecting" and "failed" are forwarded as states: the manager moves
+    starting/reconnecting -> warming -> running by itself as frames arrive.
+    """
+
+    FORWARDED_STATES = ("reconnecting", "failed")
+
+    def __init__(self, manager: Any, stream_id: str, *, max_in_flight: int = 2, result_timeout_s: float = 30.0) -> None:
+        self.manager = manager
+        self.stream_id = stream_id
+        self.max_in_flight = max(1, max_in_flight)
+        self.result_timeout_s = result_timeout_s
+        self._in_flight: list[Any] = []
+
+    def submit_frame(self, frame: np.ndarray, timestamp: float) -> object:
+        self._in_flight = [f for f in self._in_flight if not f.done()]
+        if len(self._in_flight) >= self.max_in_flight:
+            oldest = self._in_flight.pop(0)
+            with contextlib.suppress(Exception):
+                oldest.result(timeout=self.result_timeout_s)
+        future = self.manager.submit(self.stream_id, frame, timestamp)
+        self._in_flight.append(future)
+        return future
+
+    def reset(self) -> None:
+        self._in_flight.clear()
+        self.manager.reset_buffer(self.stream_id, "live source reconnected or skipped frames")
+
+    def set_state(self, state: str, reason: str | None = None) -> None:
+        if state in self.FORWARDED_STATES:
+            self.manager.set_state(self.stream_id, state, reason)
+
+
+_metrics_by_registry: weakref.WeakKeyDictionary[Any, PrometheusSourceMetrics] = weakref.WeakKeyDictionary()
+_metrics_lock = threading.Lock()
+
+
+def metrics_for(service_metrics: Any) -> SourceMetrics:
+    """PrometheusSourceMetrics registered once in a ServiceMetrics' registry, drops via its dropped()."""
+    registry = getattr(service_metrics, "registry", None)
+    if registry is None:
+        return NullSourceMetrics()
+    with _metrics_lock:
+        metrics = _metrics_by_registry.get(registry)
+        if metrics is None:
+            metrics = PrometheusSourceMetrics(registry, dropped=getattr(service_metrics, "dropped", None))
+            _metrics_by_registry[registry] = metrics
+        return metrics
+
+
+class ManagedLiveSource(LiveSource):
+    """A LiveSource that also removes its per-stream metric labels when stopped."""
+
+    def stop(self, timeout: float | None = None) -> bool:
+        ended = super().stop(timeout)
+        forget = getattr(self._metrics, "forget_stream", None)
+        if forget is not None:
+            forget(self.stream_id)
+        return ended
+
+
+SOURCE_OPTIONS = ("max_fps",)
+
+
+def source_factory(request: Any, manager: Any, settings: SourceSettings | None = None) -> LiveSource:
+    """service.streams' SourceFactory: POST /v1/streams {"source": "rtsp://...", "options": {"max_fps": 5}}.
+
+    Raises SourceRefused (a ValueError: the manager answers 422) for a URL that may not be opened or
+    an unknown option. Settings: VAD_SOURCE_* and VAD_ALLOWED_SOURCE_NETWORKS unless given.
+    """
+    options = dict(getattr(request, "options", None) or {})
+    unknown = sorted(set(options) - set(SOURCE_OPTIONS))
+    if unknown:
+        raise SourceRefused(f"unknown live-source option(s) {', '.join(map(repr, unknown))}; "
+                            f"allowed: {', '.join(SOURCE_OPTIONS)}")
+    max_fps = options.get("max_fps")
+    if max_fps is not None:
+        try:
+            max_fps = float(max_fps)
+        except (TypeError, ValueError):
+            raise SourceRefused("max_fps must be a number of frames per second") from None
+        if not 0 < max_fps <= 1000:
+            raise SourceRefused("max_fps must be > 0 and <= 1000")
+    settings = settings or SourceSettings.from_env()
+    sink = ManagerSink(manager, request.stream_id)
+    return ManagedLiveSource(
+        request.source, sink, stream_id=request.stream_id, settings=settings, max_fps=max_fps,
+        metrics=metrics_for(getattr(manager, "metrics", None)),
+    )
 
 
 def start_live_source(

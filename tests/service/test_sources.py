@@ -47,7 +47,7 @@ class RecordingSink:
     def reset(self) -> None:
         self.resets += 1
 
-    def set_state(self, state: str) -> None:
+    def set_state(self, state: str, reason: str | None = None) -> None:
         self.states.append(state)
 
     def count(self) -> int:

@@ -47,10 +47,13 @@ def start_server(service_settings: Callable[..., Settings]) -> Iterator[Callable
     with ExitStack() as stack:
 
         def start(
-            settings: Settings | None = None, source_factory: SourceFactory | None = None, **overrides: Any
+            settings: Settings | None = None,
+            source_factory: SourceFactory | None = None,
+            send_buffer_bytes: int | None = None,
+            **overrides: Any,
         ) -> RunningServer:
             return stack.enter_context(
-                running_server(settings or service_settings(**overrides), source_factory=source_factory)
+                running_server(settings or service_settings(**overrides), source_factory, send_buffer_bytes)
             )
 
         yield start

@@ -58,10 +58,16 @@ class RunningServer:
 
 @contextmanager
 def running_server(
-    settings: Settings, source_factory: SourceFactory | None | Literal["auto"] = None
+    settings: Settings,
+    source_factory: SourceFactory | None | Literal["auto"] = None,
+    send_buffer_bytes: int | None = None,
 ) -> Iterator[RunningServer]:
+    """send_buffer_bytes: a small kernel send buffer for accepted connections (they inherit it from
+    the listening socket), so a client that stops reading blocks the server's sends quickly."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if send_buffer_bytes is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer_bytes)
     sock.bind(("127.0.0.1", 0))  # a free port, held from the start: no race with other tests
     port = sock.getsockname()[1]
     app = create_app(settings, source_factory=source_factory)

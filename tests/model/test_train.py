@@ -1,0 +1,177 @@
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import model.train as train_module
+from model.data import DatasetError, file_list_hash, list_videos
+from model.network import DESDnet
+from model.train import TrainError, TrainState, train
+from model.weights import load_weights
+from tests.conftest import TINY
+from tests.model.conftest import EPOCHS, TrainedRun, tiny_train_config
+
+
+def test_loss_falls(trained: TrainedRun) -> None:
+    history = trained.state.history
+    assert [h["epoch"] for h in history] == list(range(1, EPOCHS + 1))
+    assert all(math.isfinite(h["loss"]) for h in history)
+    assert history[-1]["loss"] < 0.6 * history[0]["loss"]
+    assert history[-1]["int"] < 0.6 * history[0]["int"]
+    assert history[0]["compact"] == 0.0  # no compactness loss before the centre exists
+    assert all(h["compact"] > 0 for h in history[1:])
+
+
+def test_weights_file_holds_config_centre_radius_calibration_and_metadata(trained: TrainedRun) -> None:
+    weights = load_weights(trained.weights, expect=TINY)
+    assert weights.center is not None and weights.center.shape == (TINY.widths[3],)
+    assert torch.equal(weights.center, trained.state.center)
+    assert weights.radius == trained.state.radius > 0
+    cal = weights.calibration
+    assert cal.count == 40 - 4  # every clip of the held-out video 03
+    assert math.isfinite(cal.log_mean) and cal.log_std > 0 and math.isfinite(cal.threshold)
+    assert set(cal.quantiles) >= {"p50", "p99", "max"}
+    meta = weights.training
+    videos = list_videos(trained.data / "training")
+    assert meta["file_list_sha256"] == file_list_hash(videos)
+    assert meta["training_videos"] == ["01", "02"] and meta["calibration_videos"] == ["03"]
+    assert meta["epochs"] == EPOCHS and len(meta["history"]) == EPOCHS
+    assert meta["train_config"]["lr"] == 1e-3 and meta["train_config"]["model"]["base_width"] == 4
+    assert meta["torch"] == torch.__version__
+    assert meta["wall_seconds"] >= 0
+
+
+def test_centre_after_epoch_1_and_erasure_mask_used_from_epoch_2(
+    synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    epoch = 0  # epochs completed, advanced by on_epoch
+    snapshots: list[dict[str, object]] = []
+    masks_used: list[tuple[int, torch.Tensor | None]] = []
+    centres_used: list[tuple[int, torch.Tensor]] = []
+    epoch1_features: list[torch.Tensor] = []
+
+    real_apply, real_svdd, real_forward = (
+        train_module.apply_erasure, train_module.svdd_soft_boundary_loss, DESDnet.forward)
+
+    def apply_erasure(clip: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        masks_used.append((epoch, None if mask is None else mask.clone()))
+        return real_apply(clip, mask)
+
+    def svdd(feature: torch.Tensor, center: torch.Tensor, radius: float, nu: float = 0.1) -> torch.Tensor:
+        centres_used.append((epoch, center.clone()))
+        return real_svdd(feature, center, radius, nu)
+
+    def forward(self: DESDnet, clip: torch.Tensor, with_feature: bool = True):  # noqa: ANN202
+        out = real_forward(self, clip, with_feature)
+        if epoch == 0 and self.training and out.feature is not None:
+            epoch1_features.append(out.feature.detach().clone())
+        return out
+
+    def on_epoch(state: TrainState) -> None:
+        nonlocal epoch
+        epoch = state.epoch
+        snapshots.append({
+            "epoch": state.epoch,
+            "center": None if state.center is None else state.center.clone(),
+            "mask": None if state.mask is None else state.mask.clone(),
+            "radius": state.radius,
+        })
+
+    monkeypatch.setattr(train_module, "apply_erasure", apply_erasure)
+    monkeypatch.setattr(train_module, "svdd_soft_boundary_loss", svdd)
+    monkeypatch.setattr(DESDnet, "forward", forward)
+    train(tiny_train_config(synthetic_root, tmp_path, epochs=3), on_epoch=on_epoch)
+
+    assert [s["epoch"] for s in snapshots] == [1, 2, 3]
+    steps = math.ceil(16 / 4)
+    assert [e for e, _ in masks_used] == [0] * steps + [1] * steps + [2] * steps
+    # Epoch 1: no mask and no compactness loss; the centre and the mask appear when it ends.
+    assert all(mask is None for e, mask in masks_used if e == 0)
+    assert all(e >= 1 for e, _ in centres_used) and len(centres_used) == 2 * steps
+    first = snapshots[0]
+    assert isinstance(first["center"], torch.Tensor) and first["center"].shape == (TINY.widths[3],)
+    torch.testing.assert_close(first["center"], torch.cat(epoch1_features).mean(dim=0), rtol=1e-5, atol=1e-6)
+    assert first["radius"] == 0.0
+    mask1 = first["mask"]
+    assert isinstance(mask1, torch.Tensor) and mask1.shape == (32, 32)
+    assert set(mask1.unique().tolist()) <= {0.0, 1.0} and 0 < mask1.mean() < 1
+    # Epoch 2 uses the mask and centre of epoch 1; epoch 3 the mask of epoch 2, the same centre.
+    for e, mask in masks_used:
+        if e >= 1:
+            assert mask is not None and torch.equal(mask, snapshots[e - 1]["mask"])
+    for _, center in centres_used:
+        assert torch.equal(center, first["center"])
+    assert snapshots[1]["radius"] > 0
+
+
+def test_ablation_switches_leave_no_centre_and_no_mask(synthetic_root: Path, tmp_path: Path) -> None:
+    cfg = tiny_train_config(synthetic_root, tmp_path, epochs=2, max_clips_per_epoch=8,
+                            compact_weight=0.0, erasure=False)
+    state = train(cfg)
+    assert state.center is None and state.mask is None and state.radius == 0.0
+    assert all(h["compact"] == 0 and h["erased_fraction"] == 0 for h in state.history)
+    assert load_weights(cfg.output).center is None
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_resume_after_an_interruption_continues_identically(synthetic_root: Path, tmp_path: Path) -> None:
+    straight_cfg = tiny_train_config(synthetic_root, tmp_path / "straight", epochs=3)
+    straight = train(straight_cfg)
+
+    def stop_after_2(state: TrainState) -> None:
+        if state.epoch == 2:
+            raise Interrupted
+
+    first_cfg = tiny_train_config(synthetic_root, tmp_path / "resumed", epochs=3)
+    with pytest.raises(Interrupted):
+        train(first_cfg, on_epoch=stop_after_2)
+    assert not first_cfg.output.exists()  # interrupted before the end: only the checkpoint
+    resumed_cfg = tiny_train_config(synthetic_root, tmp_path / "resumed", epochs=3, resume=True)
+    resumed = train(resumed_cfg)
+
+    assert resumed.epoch == straight.epoch == 3
+    a, b = load_file(str(straight_cfg.output)), load_file(str(resumed_cfg.output))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6, msg=key)
+    assert resumed.radius == pytest.approx(straight.radius, rel=1e-6)
+    assert torch.equal(resumed.mask, straight.mask)
+    for h_straight, h_resumed in zip(straight.history, resumed.history, strict=True):
+        assert h_resumed["loss"] == pytest.approx(h_straight["loss"], rel=1e-6)
+    wa, wb = load_weights(straight_cfg.output), load_weights(resumed_cfg.output)
+    assert wb.calibration.log_mean == pytest.approx(wa.calibration.log_mean, rel=1e-6)
+
+
+def test_resume_errors(synthetic_root: Path, tmp_path: Path) -> None:
+    cfg = tiny_train_config(synthetic_root, tmp_path, epochs=1, max_clips_per_epoch=4, resume=True)
+    ckpt = cfg.checkpoint_dir / "last.pt"
+    with pytest.raises(TrainError, match="no checkpoint to resume from") as info:
+        train(cfg)
+    assert str(ckpt) in str(info.value)
+
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"definitely not a checkpoint")
+    with pytest.raises(TrainError, match="not a readable checkpoint") as info:
+        train(cfg)
+    assert str(ckpt) in str(info.value)
+
+    ckpt.unlink()
+    train(tiny_train_config(synthetic_root, tmp_path, epochs=1, max_clips_per_epoch=4))
+    other = tiny_train_config(synthetic_root, tmp_path, epochs=2, max_clips_per_epoch=4, resume=True,
+                              model=TINY.with_(base_width=8))
+    with pytest.raises(TrainError, match="checkpoint is for another configuration") as info:
+        train(other)
+    assert str(ckpt) in str(info.value)
+
+
+def test_training_on_a_missing_dataset(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="no such dataset folder") as info:
+        train(tiny_train_config(tmp_path / "absent", tmp_path))
+    assert str(tmp_path / "absent") in str(info.value)

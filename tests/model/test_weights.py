@@ -1,0 +1,167 @@
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from model.network import DESDnet
+from model.weights import (
+    CENTER_KEY,
+    FORMAT,
+    Calibration,
+    WeightsError,
+    load_weights,
+    read_metadata,
+    save_weights,
+)
+from tests.conftest import TINY
+
+
+def saved(path: Path, config=TINY, center_size: int | None = None) -> tuple[DESDnet, Path]:  # noqa: ANN001
+    torch.manual_seed(1)
+    model = DESDnet(config).eval()
+    center = torch.arange(center_size or config.widths[3], dtype=torch.float32)
+    calibration = Calibration.from_scores(torch.linspace(0.01, 0.05, 40))
+    save_weights(path, model, center, 0.75, calibration, {"epochs": 3, "file_list_sha256": "ab" * 32})
+    return model, path
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    model, path = saved(tmp_path / "w.safetensors")
+    loaded = load_weights(path, expect=TINY)
+    assert loaded.config == TINY and loaded.path == path
+    assert loaded.radius == 0.75
+    assert torch.equal(loaded.center, torch.arange(TINY.widths[3], dtype=torch.float32))
+    assert loaded.training == {"epochs": 3, "file_list_sha256": "ab" * 32}
+    assert loaded.calibration == Calibration.from_scores(torch.linspace(0.01, 0.05, 40))
+    assert not loaded.model.training
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[key], value), key
+    clip = torch.rand(1, 5, 32, 32) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(loaded.model(clip).image, model(clip).image)
+    assert not list(tmp_path.glob("*.tmp"))  # written atomically, no leftovers
+    assert read_metadata(path)["format"] == FORMAT
+
+
+def test_weights_without_a_centre(tmp_path: Path) -> None:
+    path = tmp_path / "w.safetensors"
+    save_weights(path, DESDnet(TINY), None, 0.0, Calibration(), {})
+    assert load_weights(path).center is None
+
+
+def test_calibration_normalises_scores() -> None:
+    scores = torch.exp(torch.linspace(-5, -3, 101))
+    cal = Calibration.from_scores(scores)
+    assert cal.count == 101
+    assert cal.log_mean == pytest.approx(-4.0)
+    assert cal.normalize(math.exp(-4.0)) == pytest.approx(0.0, abs=1e-9)
+    assert cal.normalize(math.exp(-4.0 + cal.log_std)) == pytest.approx(1.0)
+    # The default threshold lies 0.5 above the largest normal score seen.
+    assert cal.threshold == pytest.approx(cal.normalize(float(scores.max())) + 0.5, abs=1e-3)
+    assert cal.quantiles["p50"] == pytest.approx(math.exp(-4.0), rel=1e-6)
+    assert cal.quantiles["max"] == pytest.approx(math.exp(-3.0), rel=1e-6)
+
+
+# ---- bad weights: one WeightsError naming the file and the problem -----------------------------
+
+
+def test_weights_of_another_configuration(tmp_path: Path) -> None:
+    _, path = saved(tmp_path / "w.safetensors")
+    other = TINY.with_(base_width=8, patch_stride=4)
+    with pytest.raises(WeightsError, match="weights are for another configuration") as info:
+        load_weights(path, expect=other)
+    message = str(info.value)
+    assert str(path) in message
+    assert "base_width (expected 8, file has 4)" in message
+    assert "patch_stride (expected 4, file has 2)" in message
+
+
+def test_missing_weights_file(tmp_path: Path) -> None:
+    with pytest.raises(WeightsError, match="no such weights file") as info:
+        load_weights(tmp_path / "absent.safetensors")
+    assert str(tmp_path / "absent.safetensors") in str(info.value)
+
+
+@pytest.mark.parametrize("kind", ["empty", "text", "truncated", "pickle"])
+def test_corrupt_weights_file(tmp_path: Path, kind: str) -> None:
+    _, good = saved(tmp_path / "good.safetensors")
+    data = good.read_bytes()
+    bad = tmp_path / "bad.safetensors"
+    content = {
+        "empty": b"",
+        "text": b"this is not a weights file\n" * 10,
+        "truncated": data[: len(data) // 2],
+        "pickle": b"\x80\x04\x95" + bytes(64),  # a torch.save / pickle file under the wrong name
+    }[kind]
+    bad.write_bytes(content)
+    with pytest.raises(WeightsError, match="not a readable safetensors file") as info:
+        load_weights(bad)
+    assert str(bad) in str(info.value)
+
+
+def test_safetensors_that_is_not_desdnet(tmp_path: Path) -> None:
+    path = tmp_path / "other.safetensors"
+    save_file({"x": torch.zeros(3)}, str(path))
+    with pytest.raises(WeightsError, match="not a DESDnet weights file") as info:
+        load_weights(path)
+    assert str(path) in str(info.value)
+
+
+def test_metadata_with_an_invalid_configuration(tmp_path: Path) -> None:
+    _, good = saved(tmp_path / "good.safetensors")
+    metadata = read_metadata(good)
+    metadata["config"] = json.dumps({**json.loads(metadata["config"]), "image_size": 30})
+    path = tmp_path / "bad.safetensors"
+    save_file(load_file(str(good)), str(path), metadata=metadata)
+    with pytest.raises(WeightsError, match="invalid configuration in metadata") as info:
+        load_weights(path)
+    assert str(path) in str(info.value) and "multiple of 8" in str(info.value)
+
+
+def test_tensors_that_do_not_match_the_configuration(tmp_path: Path) -> None:
+    """Metadata says TINY (width 4), the tensors are of a width-8 network."""
+    _, good = saved(tmp_path / "good.safetensors")
+    wide = DESDnet(TINY.with_(base_width=8)).state_dict()
+    path = tmp_path / "bad.safetensors"
+    save_file({k: v.contiguous() for k, v in wide.items()}, str(path), metadata=read_metadata(good))
+    with pytest.raises(WeightsError, match="tensors do not match its configuration") as info:
+        load_weights(path)
+    message = str(info.value)
+    assert str(path) in message and "of other shapes" in message
+
+
+def test_missing_and_unexpected_tensors(tmp_path: Path) -> None:
+    _, good = saved(tmp_path / "good.safetensors")
+    tensors = load_file(str(good))
+    del tensors["decoder.head.6.weight"]
+    tensors["extra.weight"] = torch.zeros(2)
+    path = tmp_path / "bad.safetensors"
+    save_file(tensors, str(path), metadata=read_metadata(good))
+    with pytest.raises(WeightsError, match="tensors do not match") as info:
+        load_weights(path)
+    message = str(info.value)
+    assert "missing 1 tensors (e.g. decoder.head.6.weight)" in message
+    assert "1 unexpected tensors (e.g. extra.weight)" in message
+
+
+def test_centre_of_the_wrong_size(tmp_path: Path) -> None:
+    _, path = saved(tmp_path / "w.safetensors", center_size=TINY.widths[3] + 1)
+    with pytest.raises(WeightsError, match="tensors do not match") as info:
+        load_weights(path)
+    assert CENTER_KEY in str(info.value) and str(path) in str(info.value)
+
+
+def test_invalid_calibration_metadata(tmp_path: Path) -> None:
+    _, good = saved(tmp_path / "good.safetensors")
+    metadata = read_metadata(good)
+    metadata["calibration"] = json.dumps({"count": 3, "bogus": 1})
+    path = tmp_path / "bad.safetensors"
+    save_file(load_file(str(good)), str(path), metadata=metadata)
+    with pytest.raises(WeightsError, match="invalid metadata") as info:
+        load_weights(path)
+    assert str(path) in str(info.value)

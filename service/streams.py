@@ -15,6 +15,10 @@ All methods are thread-safe and may be called from a source's own thread.
     manager.reset_buffer(stream_id, reason=None)   e.g. after a reconnect: the next T-1 frames warm up
     manager.set_state(stream_id, state, reason=None)   "starting"|"warming"|"running"|"reconnecting"|
         "stopped"|"failed"; submit() moves starting/reconnecting/warming on by itself as frames arrive.
+    manager.sink(stream_id, wait_s=30.0) -> StreamSink   the three calls above bound to one stream, as
+        service.sources.FrameSink: submit_frame(frame, timestamp) blocks until the frame is scored
+        (or warming/dropped) and returns its FrameResult, so a source that keeps only its newest frame
+        meanwhile gets back-pressure for free; reset(); set_state(state).
 
 Live sources are created through the `source_factory` given to the manager (see `SourceFactory`):
 POST /v1/streams with a source other than "push" calls factory(request, manager) and then .start() on
@@ -324,6 +328,10 @@ class StreamManager:
             stream.state, stream.state_reason = state, reason
         log.info("stream %s is %s%s", stream_id, state, f" ({reason})" if reason else "")
 
+    def sink(self, stream_id: str, wait_s: float = 30.0) -> StreamSink:
+        self._get(stream_id)
+        return StreamSink(self, stream_id, wait_s)
+
     # --- stateless scoring -------------------------------------------------------------------
     def score_clip(self, frames: list[np.ndarray], *, received_at: float | None = None) -> Future[ClipOutcome]:
         """Score T decoded frames (oldest first) as one clip, outside any stream. Raises Overloaded."""
@@ -463,6 +471,24 @@ class StreamManager:
         return self.config
 
 
+class StreamSink:
+    """One stream's producer interface in the shape service.sources.FrameSink expects."""
+
+    def __init__(self, manager: StreamManager, stream_id: str, wait_s: float) -> None:
+        self.manager, self.stream_id, self.wait_s = manager, stream_id, wait_s
+
+    def submit_frame(self, frame: np.ndarray, timestamp: float) -> FrameResult:
+        return self.manager.submit(self.stream_id, frame, timestamp).result(timeout=self.wait_s)
+
+    def reset(self) -> None:
+        with contextlib.suppress(StreamNotFound):  # deleted meanwhile: nothing left to reset
+            self.manager.reset_buffer(self.stream_id)
+
+    def set_state(self, state: str, reason: str | None = None) -> None:
+        with contextlib.suppress(StreamNotFound):  # e.g. the final "stopped" after DELETE removed it
+            self.manager.set_state(self.stream_id, state, reason)  # type: ignore[arg-type]
+
+
 def _check_frame(frame: np.ndarray) -> None:
     if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8:
         raise InvalidImage("a frame must be a uint8 numpy array")
@@ -472,4 +498,4 @@ def _check_frame(frame: np.ndarray) -> None:
         raise InvalidImage(f"a frame must not be empty, got shape {frame.shape}")
 
 
-__all__ = ["PUSH", "ClipOutcome", "HeatmapRecord", "LiveSource", "SourceFactory", "SourceRequest", "StreamManager"]
+__all__ = ["PUSH", "ClipOutcome", "StreamSink", "HeatmapRecord", "LiveSource", "SourceFactory", "SourceRequest", "StreamManager"]

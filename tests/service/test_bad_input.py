@@ -224,3 +224,14 @@ def test_errors_are_json_not_tracebacks(vad_server: RunningServer) -> None:
     r = httpx.get(vad_server.url("/v1/streams/x/heatmap"), params={"scale": "rainbow"})
     assert r.status_code == 422 and "Traceback" not in r.text
     assert json.loads(r.text)["detail"]
+
+
+def test_docs_and_openapi_need_no_token(start_server) -> None:
+    server = start_server(api_token="s3cret")
+    assert httpx.get(server.url("/docs")).status_code == 200
+    spec = httpx.get(server.url("/openapi.json")).json()
+    paths = spec["paths"]
+    assert {"/v1/streams", "/v1/streams/{stream_id}", "/v1/streams/{stream_id}/frames",
+            "/v1/streams/{stream_id}/heatmap", "/v1/score", "/metrics", "/healthz", "/readyz"} <= set(paths)
+    assert "image/jpeg" in paths["/v1/streams/{stream_id}/frames"]["post"]["requestBody"]["content"]
+    assert "HTTPBearer" in spec["components"]["securitySchemes"]

@@ -373,6 +373,8 @@ class StreamManager:
                     frame_size=job.frame_size, timestamp=job.timestamp, received_at=job.received_at,
                     frames_buffered=job.frames_buffered,
                 )
+                if job.stream_id is not None and stream is None:
+                    self.scorer.forget(job.stream_id)  # deleted meanwhile: keep no smoothing state for it
                 scored = ScoredFrame(result, scores.errors[i].numpy())
                 self._finish_scored(stream, job, scored)
             except Exception:  # never leave a request waiting because of a bug in one result

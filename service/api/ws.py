@@ -19,7 +19,10 @@ router = APIRouter(tags=["scores"])
 
 async def _refuse(websocket: WebSocket, status: int, detail: str) -> None:
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    await websocket.send_denial_response(JSONResponse({"detail": detail}, status_code=status, headers=headers))
+    try:
+        await websocket.send_denial_response(JSONResponse({"detail": detail}, status_code=status, headers=headers))
+    except RuntimeError:  # a server without the denial-response extension: refuse the upgrade (403)
+        await websocket.close(code=1008, reason=detail[:120])
 
 
 async def _admit(websocket: WebSocket, context: Context, stream_id: str | None) -> bool:

@@ -146,7 +146,10 @@ def score_videos(weights: LoadedWeights, options: EvaluateOptions) -> tuple[list
     videos = list_videos(test_dir)
     frames = FrameSet.load(test_dir, cfg, videos)
     labels = load_labels(options.data, videos, [len(f) for f in frames.frames])
-    reconstructor = make_reconstructor(weights.model, options.backend, options.precision, options.device)
+    extra = {} if options.backend == "torch" else {"dataset": options.data}  # int8 calibrates on training/
+    reconstructor = make_reconstructor(
+        weights.model, options.backend, options.precision, options.device, **extra
+    )
     center = weights.center if options.backend == "torch" else None
     results: list[VideoScores] = []
     seconds, count = 0.0, 0

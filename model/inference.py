@@ -6,6 +6,7 @@ A `Reconstructor` turns clips into reconstructions (torch here; ONNX Runtime and
 
 from __future__ import annotations
 
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Protocol
@@ -25,6 +26,15 @@ class Reconstructor(Protocol):
         ...
 
 
+def cpu_has_bf16() -> bool:
+    """AVX-512 bf16 or AMX: what makes bf16 faster than fp32 on a CPU (Linux flags)."""
+    try:
+        flags = open("/proc/cpuinfo").read()  # noqa: SIM115
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 class TorchReconstructor:
     """PyTorch backend. CPU: channels_last, optional bf16 autocast. CUDA: bf16/fp16 autocast."""
 
@@ -36,6 +46,12 @@ class TorchReconstructor:
         self.config = model.config
         self.model = model.eval().to(self.device).to(memory_format=torch.channels_last)
         self.name = f"torch-{precision}"
+        if precision == "bf16" and self.device.type == "cpu" and not cpu_has_bf16():
+            warnings.warn(
+                "this CPU has no bf16 instructions: torch bf16 runs emulated and slower than fp32",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
     def _autocast(self):  # type: ignore[no-untyped-def]
         if self.precision == "fp32":
@@ -94,11 +110,14 @@ def score_clips(
 
 
 def make_reconstructor(
-    model: DESDnet, backend: str = "torch", precision: str = "fp32", device: str = "cpu"
+    model: DESDnet, backend: str = "torch", precision: str = "fp32", device: str = "cpu", **options: object
 ) -> Reconstructor:
-    """Build a backend by name: torch here; onnxruntime and openvino live in `model.runtimes`."""
+    """Build a backend by name: torch here; onnxruntime and openvino live in `model.runtimes`.
+
+    `options` go to `runtimes.make` (cache_dir, dataset or calibration_clips for int8, ...).
+    """
     if backend == "torch":
         return TorchReconstructor(model, device, precision)
     from . import runtimes  # optional dependencies, imported only when asked for
 
-    return runtimes.make(model, backend, precision, device)
+    return runtimes.make(model, backend, precision, device, **options)  # type: ignore[arg-type]

@@ -55,6 +55,11 @@ def _pct(x: object) -> str:
     return f"{float(x):.2%}" if isinstance(x, (int, float)) else "–"  # noqa: UP038
 
 
+def _num(x: object) -> str:
+    """Undefined means (None in the JSON report: no normal or no anomalous frame) print as a dash."""
+    return f"{float(x):.3f}" if isinstance(x, (int, float)) else "–"  # noqa: UP038
+
+
 def render_markdown(card: dict) -> str:  # type: ignore[type-arg]
     training = card.get("training", {})
     lines = [
@@ -93,7 +98,7 @@ def render_markdown(card: dict) -> str:  # type: ignore[type-arg]
             m = report.get(name, {})
             lines.append(
                 f"| {name} | {_pct(m.get('micro_auc'))} | {_pct(m.get('macro_auc'))} | {_pct(m.get('eer'))} "
-                f"| {m.get('normal_mean', 0):.3f} | {m.get('abnormal_mean', 0):.3f} | {m.get('gap', 0):.3f} |"
+                f"| {_num(m.get('normal_mean'))} | {_num(m.get('abnormal_mean'))} | {_num(m.get('gap'))} |"
             )
         lines.append(f"| DESDnet paper (256×256 RGB, GPU) | {_pct(PAPER['micro_auc'])} | – | "
                      f"{_pct(PAPER['eer'])} | – | – | – |")

@@ -157,3 +157,24 @@ def test_undefined_aucs_are_null_not_nan(trained: TrainedRun, tmp_path: Path) ->
     assert result["paper"]["macro_videos"] == 1
     json.loads(json.dumps(result), parse_constant=lambda name: pytest.fail(name))
     format_report(result)
+
+
+def test_a_test_set_without_normal_frames_reports_nulls(trained: TrainedRun, tmp_path: Path) -> None:
+    """No normal frame: AUC, EER and the normal mean are undefined; table and model card still render."""
+    import shutil
+
+    from model.card import add_evaluation
+
+    root = shutil.copytree(trained.data, tmp_path / "d")
+    truth = root / "testing" / "ground_truth.json"
+    table = json.loads(truth.read_text())
+    for entry in table["videos"].values():
+        entry["anomalous"] = [[0, FRAMES - 1]]
+    truth.write_text(json.dumps(table))
+    weights = Path(shutil.copy(trained.weights, tmp_path / "w.safetensors"))
+    result = evaluate(EvaluateOptions(weights=weights, data=root))
+    assert result["paper"]["micro_auc"] is None and result["paper"]["normal_mean"] is None
+    assert isinstance(result["paper"]["abnormal_mean"], float)
+    assert "n/a" in format_report(result)
+    add_evaluation(weights, result)
+    assert "| paper |" in weights.with_suffix(".md").read_text()

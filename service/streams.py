@@ -65,6 +65,7 @@ from .domain import (
 )
 from .infer import FrameQueue, Job
 from .metrics import ServiceMetrics
+from .netguard import redact_url
 from .score import ScoredFrame, Scorer
 
 log = logging.getLogger("vad.streams")
@@ -187,8 +188,10 @@ class StreamManager:
                     f"at most {self.max_streams} streams may be open at once; delete one first"
                 )
             stream_id = uuid.uuid4().hex[:12]
+            # Only the redacted URL is kept: credentials never reach responses, logs or metrics.
             stream = _Stream(
-                id=stream_id, name=name or stream_id, source=source, ring=FrameRing(frames),
+                id=stream_id, name=name or stream_id, source=source if source == PUSH else redact_url(source),
+                ring=FrameRing(frames),
                 history=deque(maxlen=self.heatmap_history),
             )
             self._streams[stream_id] = stream
@@ -203,7 +206,7 @@ class StreamManager:
             except Exception:
                 self._discard(stream_id)
                 raise
-        log.info("stream %s (%s) created, source %s", stream_id, stream.name, source)
+        log.info("stream %s (%s) created, source %s", stream_id, stream.name, stream.source)
         return stream.info()
 
     def get(self, stream_id: str) -> StreamInfo:

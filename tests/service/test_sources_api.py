@@ -94,7 +94,6 @@ def test_bad_options_are_422(start_server):
             assert response.status_code == 422, (options, response.text)
 
 
-@pytest.mark.xfail(reason="service.streams keeps and logs the raw source URL; needs redact_url there", strict=False)
 def test_credentials_never_in_stream_responses(camera_frames, start_server, caplog):
     server = start_server(source_factory=LOOPBACK_FACTORY)
     with server.client() as client:

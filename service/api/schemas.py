@@ -18,7 +18,14 @@ class CreateStream(BaseModel):
         description='"push" (frames arrive by POST /v1/streams/{id}/frames) or a live source URL',
     )
     name: str | None = Field(None, min_length=1, max_length=200, description="a label for people; default: the id")
+    max_fps: float | None = Field(
+        None, gt=0, le=240, description="live sources: score at most this many frames per second, thinned evenly"
+    )
     options: dict[str, Any] = Field(default_factory=dict, description="live-source options, passed through")
+
+    def source_options(self) -> dict[str, Any]:
+        """`max_fps` may be given at the top level or inside `options`; the top level wins."""
+        return {**self.options, **({"max_fps": self.max_fps} if self.max_fps is not None else {})}
 
 
 class PatchOut(BaseModel):

@@ -22,7 +22,7 @@ NOT_FOUND = {404: {"model": ErrorOut, "description": "no such stream"}}
 )
 async def create_stream(body: CreateStream, context: Context) -> StreamOut:
     # A live source's start() may open a connection: keep it off the event loop.
-    info = await run_in_threadpool(context.manager.create, body.source, body.name, body.options)
+    info = await run_in_threadpool(context.manager.create, body.source, body.name, body.source_options())
     return StreamOut.from_domain(info)
 
 

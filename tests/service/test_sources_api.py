@@ -44,8 +44,7 @@ def camera_frames(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_live_stream_is_scored_and_survives_a_camera_restart(camera_frames, start_server):
     server = start_server(source_factory=LOOPBACK_FACTORY)
     with RtspCamera(camera_frames, fps=10) as camera, server.client() as client:
-        created = client.post("/v1/streams", json={"source": camera.url, "name": "gate",
-                                                   "options": {"max_fps": 5}})
+        created = client.post("/v1/streams", json={"source": camera.url, "name": "gate", "max_fps": 5})
         assert created.status_code == 201, created.text
         stream_id = created.json()["id"]
 
@@ -92,6 +91,9 @@ def test_bad_options_are_422(start_server):
         for options in ({"max_fps": 0}, {"max_fps": "fast"}, {"colour": "blue"}):
             response = client.post("/v1/streams", json={"source": "rtsp://127.0.0.1:9/cam", "options": options})
             assert response.status_code == 422, (options, response.text)
+        for max_fps in (0, -1, "fast", 1000):
+            response = client.post("/v1/streams", json={"source": "rtsp://127.0.0.1:9/cam", "max_fps": max_fps})
+            assert response.status_code == 422, (max_fps, response.text)
 
 
 def test_credentials_never_in_stream_responses(camera_frames, start_server, caplog):

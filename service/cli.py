@@ -167,11 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_service_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """serve / export / bench are registered by their own modules when present."""
-    try:
-        from service import commands
-    except ImportError:
-        return
+    """serve / export / bench live with the service; registered here so `vad` is one command."""
+    from service import commands
+
     commands.register(sub)
 
 
@@ -184,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except (CliError, DatasetError, WeightsError, TrainError) as exc:
+        print(f"vad {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, ImportError) as exc:
+        # Bad option values (--image-size 100, an unknown backend) and missing optional packages.
         print(f"vad {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

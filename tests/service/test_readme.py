@@ -17,15 +17,23 @@ from PIL import Image
 from service.settings import Settings
 from tests.service.serving import encode, metric_value
 
-README = Path(__file__).resolve().parents[2] / "service" / "README-service.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def service_section() -> str:
+    """The README's service chapter: from its heading to the next chapter."""
+    text = README.read_text()
+    start = text.index("## The scoring service")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else len(text)]
 
 
 def blocks(language: str) -> list[str]:
-    return re.findall(rf"^```{language}\n(.*?)^```", README.read_text(), flags=re.S | re.M)
+    return re.findall(rf"^```{language}\n(.*?)^```", service_section(), flags=re.S | re.M)
 
 
 def test_readme_documents_every_setting() -> None:
-    text = README.read_text()
+    text = service_section()
     for name in Settings.model_fields:
         assert f"| `{name}` |" in text, f"setting {name} missing from the README's table"
 

@@ -3,18 +3,23 @@
 Parts of the benchmark:
   (a) `bench_model`: model-only throughput, `Reconstructor.reconstruct` on a ready batch
       (median of timed runs after warm-up) for every backend × precision × batch size.
-  (b) `bench_end_to_end`: frames per second through a running server with concurrent push
-      streams. NOT IMPLEMENTED yet (needs the service); its signature is documented below.
+  (b) `run_end_to_end`: frames per second through a real `vad serve` (subprocess on 127.0.0.1,
+      `BenchServer`) with 1, 2, 4 concurrent push streams and a WebSocket subscriber each
+      (`bench_end_to_end`, one run against any running server); its 1-stream fps over the
+      model-only batch-1 fps of the same backend/precision is the "service overhead".
   (c) `bench_paper_pipeline`: the published pipeline as baseline: eager fp32 PyTorch, batch 1,
       mapping encoder computed, patch score by the Python double loop (`patch_score_loop`).
-Every (a) row carries its speed-up over (c) and over torch fp32 at batch 1.
+Every (a) row carries its speed-up over (c) and over torch fp32 at batch 1; every (b) run its
+ratio to model-only batch 1.
 `write_report` writes bench.json and bench.md to the output folder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import math
 import os
 import platform
 import statistics
@@ -48,6 +53,14 @@ class ModelBenchOptions:
     data: Path | None = None  # dataset root: real input clips and int8 calibration
     cache_dir: Path | None = None
     pipeline: bool = True  # run part (c)
+    pairs: tuple[tuple[str, str], ...] | None = None  # explicit (backend, precision) pairs for (a)
+    end_to_end: bool = False  # run part (b) (`vad bench` turns it on unless --no-end-to-end)
+    streams: tuple[int, ...] = (1, 2, 4)
+    e2e_seconds: float | None = None  # None: `seconds`
+    e2e_fps: float | None = None  # per stream; None: closed loop
+    e2e_backend: str = "fastest"  # a backend, "auto" (the service's choice) or "fastest" (fastest (a) row, batch 1)
+    e2e_precision: str = "fp32"  # with an explicit backend
+    frames: Path | None = None  # frames for (b): dataset root or frame folders; None: `data`, else synthetic
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -181,58 +194,307 @@ def bench_model(
 
     rows: list[dict[str, Any]] = []
     reference = None
-    for backend in options.backends:
-        for precision in options.precisions:
-            base = {"backend": backend, "precision": precision}
-            try:
-                runtimes.check_backend(backend, precision)
-            except ValueError:
-                continue  # e.g. onnxruntime bf16, torch int8: not a combination we offer
-            began = time.perf_counter()
-            try:
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always")
-                    net = copy.deepcopy(model)  # TorchReconstructor changes the memory format in place
-                    recon = runtimes.make(
-                        net, backend, precision, "cpu",
-                        cache_dir=options.cache_dir, calibration_clips=calibration,
-                        threads=options.threads or None,
-                    )
-            except (ImportError, ValueError, RuntimeError) as exc:
-                rows.append({**base, "error": f"{type(exc).__name__}: {exc}"})
-                _say(options, f"  {backend}/{precision}: {exc}")
-                continue
-            build_s = time.perf_counter() - began
-            notes = sorted({str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)})
-            effective = getattr(recon, "effective_precision", precision)
-            one = recon.reconstruct(clips[:1])
-            if reference is None and backend == "torch" and precision == "fp32":
-                reference = one
-            diff = float((one - reference).abs().max()) if reference is not None else None
-            for batch in options.batch_sizes:
-                batch_clips = clips[:batch] if len(clips) >= batch else clips[:1].repeat(batch, 1, 1, 1)
-                timing = time_call(
-                    lambda r=recon, x=batch_clips: r.reconstruct(x),
-                    options.seconds, options.warmup, options.min_runs,
+    pairs = options.pairs or tuple((b, p) for b in options.backends for p in options.precisions)
+    for backend, precision in pairs:
+        base = {"backend": backend, "precision": precision}
+        try:
+            runtimes.check_backend(backend, precision)
+        except ValueError:
+            continue  # e.g. onnxruntime bf16, torch int8: not a combination we offer
+        began = time.perf_counter()
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                net = copy.deepcopy(model)  # TorchReconstructor changes the memory format in place
+                recon = runtimes.make(
+                    net, backend, precision, "cpu",
+                    cache_dir=options.cache_dir, calibration_clips=calibration,
+                    threads=options.threads or None,
                 )
-                row = {
-                    **base,
-                    "effective_precision": effective,
-                    "batch": batch,
-                    "median_ms": timing.median_s * 1e3,
-                    "p90_ms": timing.p90_s * 1e3,
-                    "runs": timing.runs,
-                    "fps": batch / timing.median_s,
-                    "build_s": round(build_s, 2),
-                    "cached": bool(getattr(recon, "cached", False)),
-                    "max_abs_diff_vs_torch_fp32": diff,
-                    "notes": notes,
-                }
-                rows.append(row)
-                _say(options, f"  {backend:<11} {precision:<4} batch {batch:<3} {row['fps']:8.2f} fps "
-                               f"(median {row['median_ms']:.1f} ms, {timing.runs} runs)")
-            del recon, net
+        except (ImportError, ValueError, RuntimeError) as exc:
+            rows.append({**base, "error": f"{type(exc).__name__}: {exc}"})
+            _say(options, f"  {backend}/{precision}: {exc}")
+            continue
+        build_s = time.perf_counter() - began
+        notes = sorted({str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)})
+        effective = getattr(recon, "effective_precision", precision)
+        one = recon.reconstruct(clips[:1])
+        if reference is None and backend == "torch" and precision == "fp32":
+            reference = one
+        diff = float((one - reference).abs().max()) if reference is not None else None
+        for batch in options.batch_sizes:
+            batch_clips = clips[:batch] if len(clips) >= batch else clips[:1].repeat(batch, 1, 1, 1)
+            timing = time_call(
+                lambda r=recon, x=batch_clips: r.reconstruct(x),
+                options.seconds, options.warmup, options.min_runs,
+            )
+            row = {
+                **base,
+                "effective_precision": effective,
+                "batch": batch,
+                "median_ms": timing.median_s * 1e3,
+                "p90_ms": timing.p90_s * 1e3,
+                "runs": timing.runs,
+                "fps": batch / timing.median_s,
+                "build_s": round(build_s, 2),
+                "cached": bool(getattr(recon, "cached", False)),
+                "max_abs_diff_vs_torch_fp32": diff,
+                "notes": notes,
+            }
+            rows.append(row)
+            _say(options, f"  {backend:<11} {precision:<4} batch {batch:<3} {row['fps']:8.2f} fps "
+                          f"(median {row['median_ms']:.1f} ms, {timing.runs} runs)")
+        del recon, net
     return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# part (b): end to end through a running server
+
+E2E_READY_TIMEOUT_S = 180.0  # int8 artefacts may be built at server start when not cached
+E2E_MAX_IN_FLIGHT = 16  # fixed-fps mode: most requests of one stream under way at once
+
+
+def load_stream_frames(source: Path | None, streams: int, limit: int = 400) -> tuple[list[list[bytes]], str]:
+    """JPEG bytes per stream: one video each (cycling when there are fewer videos than streams).
+
+    source: a dataset root (its testing/frames/NN/*.jpg are used), a folder of video frame folders,
+    or None for synthetic 360x240 frames. At most `limit` frames per video are kept in memory.
+    """
+    import cv2
+    import numpy as np
+
+    if source is None:
+        out = []
+        for i in range(streams):
+            rng = np.random.default_rng(i)
+            base = rng.integers(60, 200, (240, 360, 3), dtype=np.uint8)
+            frames = []
+            for t in range(40):
+                frame = base.copy()
+                x = (7 * t + 40 * i) % 320
+                frame[100:140, x : x + 40] = 255
+                ok, data = cv2.imencode(".jpg", frame)
+                assert ok
+                frames.append(data.tobytes())
+            out.append(frames)
+        return out, "synthetic 360x240 JPEG frames"
+    from model.data import frame_sort_key
+
+    root = Path(source)
+    for candidate in (root / "testing" / "frames", root / "frames", root):
+        folders = sorted(p for p in candidate.glob("*") if p.is_dir()) if candidate.is_dir() else []
+        folders = [f for f in folders if any(f.glob("*.jpg"))]
+        if folders:
+            break
+    else:
+        raise ValueError(f"{source}: no folders of .jpg frames (expected ROOT/testing/frames/NN/*.jpg)")
+    videos = []
+    for i in range(streams):
+        folder = folders[i % len(folders)]
+        files = sorted(folder.glob("*.jpg"), key=frame_sort_key)[:limit]
+        videos.append([f.read_bytes() for f in files])
+    names = ", ".join(folders[i % len(folders)].name for i in range(streams))
+    return videos, f"JPEG frames of {candidate} (videos {names})"
+
+
+def _metric_sum(text: str, name: str, labels: dict[str, str] | None = None) -> float:
+    """Sum of the samples of `name` in Prometheus text whose labels include `labels`."""
+    import re
+
+    total = 0.0
+    for line in text.splitlines():
+        match = re.match(r"^([a-zA-Z_:][\w:]*)(\{(.*)\})? (\S+)$", line)
+        if not match or match.group(1) != name:
+            continue
+        found = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match.group(3) or ""))
+        if labels is None or all(found.get(k) == v for k, v in labels.items()):
+            total += float(match.group(4))
+    return total
+
+
+def _model_info(text: str) -> dict[str, str]:
+    import re
+
+    for line in text.splitlines():
+        if line.startswith("vad_model_info{"):
+            return dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', line))
+    return {}
+
+
+def _percentiles(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p99": None}
+    ordered = sorted(values)
+
+    def pick(q: float) -> float:  # nearest rank
+        return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+    return {"p50": statistics.median(ordered), "p99": pick(0.99)}
+
+
+async def _run_streams(
+    url: str, videos: list[list[bytes]], seconds: float, fps_per_stream: float | None, headers: dict[str, str]
+) -> dict[str, Any]:
+    import asyncio
+
+    import httpx
+    from websockets.asyncio.client import connect
+
+    n = len(videos)
+    ws_url = "ws" + url[len("http"):]
+    timeout = httpx.Timeout(30.0, connect=10.0)
+    limits = httpx.Limits(max_connections=E2E_MAX_IN_FLIGHT + 1, max_keepalive_connections=E2E_MAX_IN_FLIGHT + 1)
+    clients = [httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits, headers=headers) for _ in range(n)]
+    jpeg = {"content-type": "image/jpeg"}
+    ids: list[str] = []
+    received = [0] * n
+    sockets: list[Any] = []
+    readers: list[asyncio.Task[None]] = []
+    # per stream: (sent_at, answered_at, status, server latency ms) of timed frames
+    records: list[list[tuple[float, float, str, float | None]]] = [[] for _ in range(n)]
+    scored_all = [0] * n  # every scored answer, warm-up included: what the WebSocket should deliver
+    errors = [0] * n
+    skipped = [0] * n
+    cursor = [0] * n
+
+    async def push(i: int, timed: bool) -> str:
+        frames = videos[i]
+        data = frames[cursor[i] % len(frames)]
+        cursor[i] += 1
+        sent = time.perf_counter()
+        try:
+            r = await clients[i].post(f"/v1/streams/{ids[i]}/frames", content=data, headers=jpeg)
+        except httpx.HTTPError:
+            errors[i] += 1
+            return "error"
+        done = time.perf_counter()
+        if r.status_code != 200:
+            errors[i] += 1
+            return "error"
+        body = r.json()
+        status = body.get("status", "?")
+        if status == "scored":
+            scored_all[i] += 1
+        if timed:
+            records[i].append((sent, done, status, body.get("latency_ms")))
+        return status
+
+    async def reader(i: int, ws: Any) -> None:
+        try:
+            async for _ in ws:
+                received[i] += 1
+        except Exception:  # closed by the server or by us
+            pass
+
+    try:
+        for i, client in enumerate(clients):
+            r = await client.post("/v1/streams", json={"source": "push", "name": f"bench-{i}"})
+            r.raise_for_status()
+            ids.append(r.json()["id"])
+        for i in range(n):
+            ws = await connect(f"{ws_url}/v1/streams/{ids[i]}/scores", open_timeout=10,
+                               additional_headers=headers or None, max_size=None)
+            sockets.append(ws)
+            readers.append(asyncio.create_task(reader(i, ws)))
+
+        async def warm(i: int) -> None:  # untimed: fill the ring buffer until the first score
+            for _ in range(20):
+                if await push(i, timed=False) == "scored":
+                    return
+
+        await asyncio.gather(*(warm(i) for i in range(n)))
+        metrics_before = (await clients[0].get("/metrics")).text
+        began = time.perf_counter()
+        deadline = began + seconds
+
+        async def closed_loop(i: int) -> None:
+            while time.perf_counter() < deadline:
+                await push(i, timed=True)
+
+        async def fixed_rate(i: int, fps: float) -> None:
+            pending: set[asyncio.Task[str]] = set()
+            k = 0
+            while True:
+                due = began + k / fps
+                if due >= deadline:
+                    break
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                k += 1
+                pending = {t for t in pending if not t.done()}
+                if len(pending) >= E2E_MAX_IN_FLIGHT:
+                    skipped[i] += 1  # the client cannot keep this rate: the frame is never sent
+                    continue
+                pending.add(asyncio.create_task(push(i, timed=True)))
+            if pending:
+                await asyncio.wait(pending)
+
+        run = closed_loop if fps_per_stream is None else (lambda i: fixed_rate(i, fps_per_stream))
+        await asyncio.wait_for(asyncio.gather(*(run(i) for i in range(n))), seconds + 60)
+        ended = time.perf_counter()
+        # Let the WebSocket feeds catch up with what was scored (bounded).
+        catch_up = time.perf_counter() + 3.0
+        while time.perf_counter() < catch_up and any(received[i] < scored_all[i] for i in range(n)):
+            await asyncio.sleep(0.02)
+        metrics_after = (await clients[0].get("/metrics")).text
+    finally:
+        for ws in sockets:
+            await ws.close()
+        for task in readers:
+            task.cancel()
+        for i, sid in enumerate(ids):
+            with contextlib.suppress(httpx.HTTPError):
+                await clients[i].delete(f"/v1/streams/{sid}")
+        for client in clients:
+            await client.aclose()
+
+    elapsed = max(ended - began, 1e-9)
+    per_stream = []
+    client_ms: list[float] = []
+    server_ms: list[float] = []
+    for i in range(n):
+        scored = [r for r in records[i] if r[2] == "scored"]
+        client_ms += [(done - sent) * 1e3 for sent, done, _, _ in scored]
+        server_ms += [lat for _, _, _, lat in scored if lat is not None]
+        per_stream.append({
+            "stream": ids[i],
+            "sent": len(records[i]),
+            "scored": len(scored),
+            "dropped": sum(r[2] == "dropped" for r in records[i]),
+            "warming": sum(r[2] == "warming" for r in records[i]),
+            "errors": errors[i],
+            "not_sent": skipped[i],
+            "fps": len(scored) / elapsed,
+            "dropped_metrics": _metric_sum(metrics_after, "vad_frames_dropped_total", {"stream": ids[i]}),
+            "ws_received": received[i],
+            "ws_expected": scored_all[i],
+        })
+
+    def delta(name: str) -> float:
+        return _metric_sum(metrics_after, name) - _metric_sum(metrics_before, name)
+
+    batches = delta("vad_inference_batch_frames_count")
+    return {
+        "seconds": round(elapsed, 3),
+        "fps": sum(s["scored"] for s in per_stream) / elapsed,
+        "per_stream_fps": [s["fps"] for s in per_stream],
+        "sent": sum(s["sent"] for s in per_stream),
+        "scored": sum(s["scored"] for s in per_stream),
+        "dropped_responses": sum(s["dropped"] for s in per_stream),
+        "dropped_metrics": sum(s["dropped_metrics"] for s in per_stream),
+        "errors": sum(errors),
+        "not_sent": sum(skipped),
+        "client_latency_ms": _percentiles(client_ms),
+        "server_latency_ms": _percentiles(server_ms),
+        "ws_received": sum(received),
+        "ws_expected": sum(scored_all),
+        "ws_dropped_metrics": delta("vad_websocket_messages_dropped_total"),
+        "mean_batch": delta("vad_inference_batch_frames_sum") / batches if batches else None,
+        "model": {k: v for k, v in _model_info(metrics_after).items() if k != "config"},
+        "per_stream": per_stream,
+    }
 
 
 def bench_end_to_end(
@@ -241,16 +503,168 @@ def bench_end_to_end(
     seconds: float,
     fps_per_stream: float | None = None,
     source: Path | None = None,
+    token: str | None = None,
 ) -> dict[str, Any]:
-    """Part (b), NOT IMPLEMENTED: end-to-end throughput through a running `vad serve` at `url`.
+    """Part (b), one run against a running `vad serve` at `url` (e.g. "http://127.0.0.1:8000").
 
-    Intended: open `streams` concurrent push streams, each sending the frames of `source` (a video
-    file or frame folder; synthetic frames when None) at `fps_per_stream` (as fast as accepted when
-    None) for `seconds`; return scored frames per second in total and per stream, latency
-    percentiles (push -> score), dropped/refused frames, and the batch sizes the worker formed.
-    Its rows go into the same report as parts (a) and (c) under "end_to_end".
+    Opens `streams` push streams (POST /v1/streams), each with a WebSocket subscriber on
+    /v1/streams/{id}/scores, and pushes one video's JPEG frames per stream (`load_stream_frames`):
+    untimed until each stream's first score, then for `seconds`, either closed loop (the next
+    frame as soon as the previous answer arrives: `fps_per_stream` None) or at a fixed rate per
+    stream (up to E2E_MAX_IN_FLIGHT requests under way; frames beyond are counted as not_sent).
+    Returns scored fps in total and per stream, p50/p99 latency of the client round trip and the
+    server's `latency_ms`, drops from the answers and from /metrics, WebSocket messages received
+    vs frames scored, and the mean batch the worker formed. Stops by itself; deletes its streams.
     """
-    raise NotImplementedError("bench part (b), end to end through the server, is not implemented yet")
+    import asyncio
+
+    videos, described = load_stream_frames(source, streams)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    result = asyncio.run(_run_streams(url.rstrip("/"), videos, seconds, fps_per_stream, headers))
+    return {
+        "streams": streams,
+        "mode": "closed loop" if fps_per_stream is None else f"{fps_per_stream:g} fps per stream",
+        "fps_per_stream_target": fps_per_stream,
+        "frames": described,
+        **result,
+    }
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class BenchServer:
+    """`vad serve` in a subprocess on 127.0.0.1 and a free port; a context manager that stops it.
+
+        with BenchServer(weights, "openvino", "int8", threads=2) as server:
+            bench_end_to_end(server.url, 2, 10.0)
+    """
+
+    def __init__(
+        self,
+        weights: Path,
+        backend: str = "torch",
+        precision: str = "fp32",
+        threads: int = 0,
+        cache_dir: Path | None = None,
+        calibration_data: Path | None = None,
+        extra_args: tuple[str, ...] = (),
+        ready_timeout: float = E2E_READY_TIMEOUT_S,
+    ) -> None:
+        self.weights, self.backend, self.precision = Path(weights), backend, precision
+        self.threads, self.cache_dir, self.calibration_data = threads, cache_dir, calibration_data
+        self.extra_args, self.ready_timeout = extra_args, ready_timeout
+        self.process: Any = None
+        self.url = ""
+        self._log: Any = None
+
+    def __enter__(self) -> BenchServer:
+        import subprocess
+        import sys
+        import tempfile
+
+        import httpx
+
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        if self.cache_dir is not None:
+            env["VAD_CACHE_DIR"] = str(self.cache_dir)
+        if self.calibration_data is not None:
+            env.setdefault("VAD_CALIBRATION_DATA", str(self.calibration_data))
+        for attempt in range(3):  # the free port may be taken between choosing and binding it
+            port = _free_port()
+            self.url = f"http://127.0.0.1:{port}"
+            self._log = tempfile.TemporaryFile()
+            command = [
+                sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+                "--weights", str(self.weights), "--backend", self.backend, "--precision", self.precision,
+                "--device", "cpu", "--torch-threads", str(self.threads), "--log-level", "warning",
+                *self.extra_args,
+            ]
+            self.process = subprocess.Popen(command, cwd=root, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+            deadline = time.monotonic() + self.ready_timeout
+            while time.monotonic() < deadline and self.process.poll() is None:
+                try:
+                    r = httpx.get(self.url + "/readyz", timeout=2.0)
+                    if r.status_code == 200:
+                        return self
+                    if "cannot load the model" in r.text:
+                        break
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.1)
+            output = self._output()
+            self.__exit__(None, None, None)
+            if attempt < 2 and "address already in use" in output.lower():
+                continue
+            raise RuntimeError(f"vad serve did not become ready at {self.url}: {output[-2000:]}")
+        raise AssertionError("unreachable")
+
+    def _output(self) -> str:
+        if self._log is None:
+            return ""
+        self._log.seek(0)
+        return self._log.read().decode(errors="replace")
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+        import subprocess
+
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)  # uvicorn's graceful shutdown
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+def run_end_to_end(
+    weights: Path,
+    backend: str,
+    precision: str,
+    streams: tuple[int, ...] = (1, 2, 4),
+    seconds: float = 10.0,
+    fps_per_stream: float | None = None,
+    source: Path | None = None,
+    threads: int = 0,
+    cache_dir: Path | None = None,
+    calibration_data: Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Part (b): one server (subprocess) for `weights`, then one `bench_end_to_end` run per stream count."""
+    began = time.perf_counter()
+    with BenchServer(weights, backend, precision, threads, cache_dir, calibration_data) as server:
+        startup_s = time.perf_counter() - began
+        runs = []
+        for n in streams:
+            row = bench_end_to_end(server.url, n, seconds, fps_per_stream, source)
+            runs.append(row)
+            if progress:
+                print(f"  {n} stream(s), {row['mode']}: {row['fps']:.2f} fps scored "
+                      f"(per stream {', '.join(f'{x:.2f}' for x in row['per_stream_fps'])}); "
+                      f"client p50 {_fmt(row['client_latency_ms']['p50'], 1)} ms, "
+                      f"dropped {row['dropped_responses']}, WS {row['ws_received']}/{row['ws_expected']}",
+                      flush=True)
+    model = runs[0]["model"] if runs else {}
+    return {
+        "requested": {"backend": backend, "precision": precision},
+        "backend": model.get("backend", backend),
+        "precision": model.get("precision", precision),
+        "server_start_s": round(startup_s, 2),
+        "threads": threads,
+        "note": "client and server share this machine's cores",
+        "runs": runs,
+    }
 
 
 def run_bench(options: ModelBenchOptions) -> dict[str, Any]:
@@ -294,8 +708,61 @@ def run_bench(options: ModelBenchOptions) -> dict[str, Any]:
             row["x_paper_pipeline"] = row["fps"] / baseline if baseline else None
             row["x_torch_fp32_b1"] = row["fps"] / torch_b1 if torch_b1 else None
     report["model_only"] = rows
+    if options.end_to_end:
+        _say(options, "end to end through the server (b)")
+        report["end_to_end"] = end_to_end_part(model, options, rows)
     report["machine"]["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     return report
+
+
+def fastest_model_only(rows: list[dict[str, Any]]) -> tuple[str, str] | None:
+    """(backend, precision) of the fastest part-(a) row at batch 1."""
+    ones = [r for r in rows if r.get("batch") == 1 and "fps" in r]
+    if not ones:
+        return None
+    best = max(ones, key=lambda r: r["fps"])
+    return best["backend"], best["precision"]
+
+
+def end_to_end_part(model: DESDnet, options: ModelBenchOptions, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Part (b) for `vad bench`: choose the backend, start the server, run every stream count, and add
+    each run's ratio to model-only batch-1 fps of the same backend/precision ("service overhead" at 1 stream)."""
+    import tempfile
+
+    if options.e2e_backend == "fastest":
+        backend, precision = fastest_model_only(rows) or ("torch", "fp32")
+    else:
+        backend, precision = options.e2e_backend, options.e2e_precision
+    source = options.frames or options.data
+    with tempfile.TemporaryDirectory(prefix="vad-bench-") as tmp:
+        weights = options.weights
+        if weights is None:  # the server needs a weights file: save the random network
+            from model.weights import Calibration, save_weights
+
+            weights = Path(tmp) / "random.safetensors"
+            save_weights(weights, model, None, 0.0, Calibration.from_scores(torch.linspace(0.01, 0.02, 50)),
+                         {"note": "random weights written by vad bench"})
+        try:
+            part = run_end_to_end(
+                weights, backend, precision, options.streams, options.e2e_seconds or options.seconds,
+                options.e2e_fps, source, options.threads, options.cache_dir, options.data, options.progress,
+            )
+        except Exception as exc:  # keep parts (a) and (c) when the server part fails
+            _say(options, f"  end to end failed: {type(exc).__name__}: {exc}")
+            return {"requested": {"backend": backend, "precision": precision},
+                    "error": f"{type(exc).__name__}: {exc}", "runs": []}
+    part["selected_by"] = options.e2e_backend
+    reference = next(
+        (r["fps"] for r in rows if r.get("backend") == part["backend"] and r.get("precision") == part["precision"]
+         and r.get("batch") == 1 and "fps" in r),
+        None,
+    )
+    part["model_only_fps_b1"] = reference
+    for run in part["runs"]:
+        run["x_model_only_b1"] = run["fps"] / reference if reference else None
+    single = next((r for r in part["runs"] if r["streams"] == 1), None)
+    part["service_overhead"] = single["x_model_only_b1"] if single else None
+    return part
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -360,8 +827,42 @@ def format_markdown(report: dict[str, Any]) -> str:
     notes = sorted({n for row in report["model_only"] for n in row.get("notes", [])})
     if errors or notes:
         lines += ["", "Notes:", *errors, *(f"- {n}" for n in notes)]
-    lines += ["", "(b) end to end through the server: not measured yet.", ""]
+    lines += ["", *format_end_to_end(report.get("end_to_end")), ""]
     return "\n".join(lines)
+
+
+def format_end_to_end(part: dict[str, Any] | None) -> list[str]:
+    if not part:
+        return ["(b) end to end through the server: not measured (--no-end-to-end)."]
+    lines = ["## (b) end to end through the server", ""]
+    if part.get("error"):
+        return lines + [f"failed: {part['error']}"]
+    lines += [
+        f"`vad serve` ({part['backend']}/{part['precision']}, chosen by `{part.get('selected_by')}`; "
+        f"{part['threads'] or 'all'} threads; started in {part['server_start_s']:.1f} s) on 127.0.0.1; "
+        "one push stream per video, POST /v1/streams/{id}/frames with JPEG bytes, one WebSocket "
+        "subscriber per stream; the client runs on the same cores as the server.",
+        "",
+        f"**service overhead (1 stream): {_fmt(part.get('service_overhead'))}** = end-to-end fps at 1 stream / "
+        f"model-only fps at batch 1 of the same backend and precision ({_fmt(part.get('model_only_fps_b1'))}).",
+        "",
+        "| streams | mode | fps scored | per stream fps | client p50 / p99 ms | server p50 / p99 ms "
+        "| dropped (answers / metrics) | WS received / scored | mean batch | × model only b1 |",
+        "|---:|---|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for run in part["runs"]:
+        c, s = run["client_latency_ms"], run["server_latency_ms"]
+        lines.append(
+            f"| {run['streams']} | {run['mode']} | {run['fps']:.2f} "
+            f"| {' / '.join(f'{x:.2f}' for x in run['per_stream_fps'])} "
+            f"| {_fmt(c['p50'], 1)} / {_fmt(c['p99'], 1)} | {_fmt(s['p50'], 1)} / {_fmt(s['p99'], 1)} "
+            f"| {run['dropped_responses']} / {run['dropped_metrics']:g} | {run['ws_received']} / {run['ws_expected']} "
+            f"| {_fmt(run['mean_batch'])} | {_fmt(run.get('x_model_only_b1'))} |"
+        )
+    frames = {run["frames"] for run in part["runs"]}
+    if frames:
+        lines += ["", f"Frames: {'; '.join(sorted(frames))}."]
+    return lines
 
 
 def _fmt_load(load: Any) -> str:

@@ -61,7 +61,12 @@ def load_runtime(
     at startup, rather than on the first frame). Raises WeightsError, ValueError or RuntimeError."""
     resolved = resolve_device(device)
     weights = load_weights(weights_path, device=resolved)
-    reconstructor = make_reconstructor(weights.model, backend, precision, resolved)
+    if backend == "auto":  # the fastest backend that passed parity here (service/backend_select.py)
+        from .backend_select import build_auto
+
+        backend, precision, reconstructor = build_auto(weights.model, resolved)
+    else:
+        reconstructor = make_reconstructor(weights.model, backend, precision, resolved)
     cfg = weights.config
     warmup = torch.zeros(1, cfg.frames * cfg.channels, cfg.image_size, cfg.image_size)
     score_clips(reconstructor, warmup)

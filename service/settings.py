@@ -24,7 +24,11 @@ class Settings(BaseSettings):
     # Model
     weights: Path = Field(DEFAULT_WEIGHTS, description="weights file (.safetensors) written by `vad train`")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available, else cpu")
-    backend: str = Field("torch", description="inference backend: torch, or onnxruntime/openvino when installed")
+    backend: str = Field(
+        "torch",
+        description="inference backend: torch, or onnxruntime/openvino when installed; auto: the fastest "
+        "backend and precision that passed parity on this machine (`vad calibrate-backends`), else torch fp32",
+    )
     precision: str = Field("fp32", description="fp32, bf16 or fp16 (backend permitting)")
     threshold: float | None = Field(
         None, description="anomaly threshold on the smoothed normalised score; default: the weights' calibration"

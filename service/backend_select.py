@@ -1,0 +1,332 @@
+"""`--backend auto`: the fastest backend + precision that passed parity on this machine.
+
+`vad calibrate-backends --weights W --data DATASET` times every backend/precision (model only,
+batch 1 and 4) and checks that its scores agree with torch fp32 on a fixed set of test clips. It
+writes a *backend record* (JSON) to
+
+    $VAD_BACKEND_RECORD                                     when set, else
+    <cache dir>/backends/<weights digest[:16]>-<device>.json  (cache dir: $VAD_CACHE_DIR or ~/.cache/vad)
+
+`vad serve --backend auto` (Settings(backend="auto")) reads that record and runs the entry with the
+highest batch-1 fps among those that passed parity and whose library versions match the installed
+ones. Without a usable record (none, another machine, other weights) it runs torch fp32 and logs
+how to make one. A record describes one machine: its CPU and instruction sets are stored and checked.
+
+Parity, against torch fp32 on the same clips (`PARITY_*` below), all of:
+  - Spearman rank correlation of the raw patch scores >= PARITY_MIN_SPEARMAN: the ranking, which
+    is all the paper protocol's AUC depends on, is kept;
+  - 95th percentile of |z - z_fp32| <= PARITY_MAX_Z_SHIFT, z = (log score - mu) / sigma with the
+    weights' calibration: the causal score the threshold applies to moves by less than that;
+  - |AUC - AUC_fp32| <= PARITY_MAX_AUC_DELTA on the parity clips, when the dataset has labels.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+RECORD_FORMAT = "vad-backend-record/1"
+PARITY_MIN_SPEARMAN = 0.99
+PARITY_MAX_Z_SHIFT = 0.25
+PARITY_MAX_AUC_DELTA = 0.005
+DEFAULT_PARITY_CLIPS = 240
+REFERENCE = ("torch", "fp32")
+
+log = logging.getLogger("vad.backends")
+
+
+# ---------------------------------------------------------------------------------------------
+# record location and machine fingerprint
+
+
+def record_path(digest: str, device: str = "cpu", cache_dir: Path | None = None) -> Path:
+    explicit = os.environ.get("VAD_BACKEND_RECORD")
+    if explicit:
+        return Path(explicit)
+    from model.runtimes import default_cache_dir
+
+    return Path(cache_dir or default_cache_dir()) / "backends" / f"{digest[:16]}-{device}.json"
+
+
+def machine_fingerprint() -> dict[str, Any]:
+    """What makes a speed ranking specific to a machine: CPU model, core count, instruction sets."""
+    from service.bench import machine_info
+
+    info = machine_info(0)
+    return {"cpu": info["cpu"], "cores": info["cores"], "isa": info["isa"]}
+
+
+def _versions(backend: str, precision: str) -> dict[str, str]:
+    from model.runtimes import _library_versions
+
+    return _library_versions(backend, precision)
+
+
+# ---------------------------------------------------------------------------------------------
+# choosing
+
+
+@dataclass(frozen=True)
+class Choice:
+    backend: str
+    precision: str
+    reason: str
+    record: Path | None = None
+
+
+def choose(record: dict[str, Any], device: str) -> tuple[dict[str, Any] | None, str]:
+    """The fastest usable passing entry of a loaded record (None and why not when there is none)."""
+    if record.get("format") != RECORD_FORMAT:
+        return None, f"unknown record format {record.get('format')!r}"
+    if record.get("device") != device:
+        return None, f"the record is for device {record.get('device')!r}, not {device!r}"
+    here = machine_fingerprint()
+    there = record.get("machine", {})
+    differs = [k for k in here if there.get(k) != here[k]]
+    if differs:
+        return None, f"the record was made on another machine ({', '.join(differs)} differ)"
+    usable = []
+    for entry in record.get("entries", []):
+        if entry.get("error") or not entry.get("passed") or not entry.get("fps"):
+            continue
+        if entry.get("effective_precision", entry["precision"]) != entry["precision"]:
+            continue  # e.g. openvino "bf16" that runs fp32 on a CPU without bf16: the fp32 entry says it plainly
+        if entry.get("versions") and entry["versions"] != _versions(entry["backend"], entry["precision"]):
+            continue  # measured with other library versions
+        usable.append(entry)
+    if not usable:
+        return None, "no entry passed parity with the installed library versions"
+    return max(usable, key=lambda e: e["fps"]), "fastest passing entry"
+
+
+def resolve_auto(model: Any, device: str, cache_dir: Path | None = None) -> Choice:
+    """backend="auto" -> the record's choice for these weights on this machine, else torch fp32."""
+    from model.runtimes import weights_digest
+
+    path = record_path(weights_digest(model), device, cache_dir)
+    how = (
+        "run `vad calibrate-backends --weights WEIGHTS --data DATASET` once on this machine "
+        "to measure and check every backend"
+    )
+    if not path.is_file():
+        reason = f"no backend record at {path}; using torch fp32 ({how})"
+        log.warning("backend auto: %s", reason)
+        return Choice(*REFERENCE, reason, None)
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        reason = f"backend record {path} is unreadable ({exc}); using torch fp32 ({how})"
+        log.warning("backend auto: %s", reason)
+        return Choice(*REFERENCE, reason, path)
+    entry, why = choose(record, device)
+    if entry is None:
+        reason = f"{path}: {why}; using torch fp32 ({how})"
+        log.warning("backend auto: %s", reason)
+        return Choice(*REFERENCE, reason, path)
+    reason = f"{path}: {why}, {entry['fps']:.1f} fps at batch 1 (record of {record.get('created', '?')})"
+    log.info("backend auto: %s/%s; %s", entry["backend"], entry["precision"], reason)
+    return Choice(entry["backend"], entry["precision"], reason, path)
+
+
+def build_auto(model: Any, device: str, cache_dir: Path | None = None) -> tuple[str, str, Any]:
+    """(backend, precision, Reconstructor) for backend="auto"; torch fp32 when the choice fails to build."""
+    from model.inference import make_reconstructor
+
+    choice = resolve_auto(model, device, cache_dir)
+    if (choice.backend, choice.precision) != REFERENCE:
+        try:
+            return choice.backend, choice.precision, make_reconstructor(
+                model, choice.backend, choice.precision, device, cache_dir=cache_dir
+            )
+        except (ImportError, ValueError, RuntimeError) as exc:
+            log.warning("backend auto: %s/%s failed to build (%s); using torch fp32",
+                        choice.backend, choice.precision, exc)
+    return *REFERENCE, make_reconstructor(model, *REFERENCE, device)
+
+
+# ---------------------------------------------------------------------------------------------
+# measuring
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(len(x), dtype=np.float64)
+    _, first, counts = np.unique(x[order], return_index=True, return_counts=True)
+    ranks[order] = np.repeat(first + (counts + 1) / 2.0, counts)
+    return ranks
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    ra, rb = _ranks(np.asarray(a, dtype=np.float64)), _ranks(np.asarray(b, dtype=np.float64))
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def parity(
+    scores: np.ndarray, reference: np.ndarray, log_std: float, labels: np.ndarray | None
+) -> dict[str, Any]:
+    """Agreement of `scores` with the torch fp32 `reference` on the same clips, and pass/fail."""
+    from model.evaluate import roc_auc
+
+    s = np.maximum(np.asarray(scores, dtype=np.float64), 1e-12)
+    r = np.maximum(np.asarray(reference, dtype=np.float64), 1e-12)
+    rel = np.abs(s - r) / r
+    z_shift = np.abs(np.log(s) - np.log(r)) / max(log_std, 1e-12)
+    out: dict[str, Any] = {
+        "clips": len(s),
+        "spearman": spearman(s, r),
+        "p95_abs_z_shift": float(np.percentile(z_shift, 95)),
+        "max_rel_error": float(rel.max()),
+        "median_rel_error": float(np.median(rel)),
+        "auc": None,
+        "auc_reference": None,
+        "auc_delta": None,
+    }
+    failed = []
+    if not out["spearman"] >= PARITY_MIN_SPEARMAN:  # NaN fails too
+        failed.append(f"spearman {out['spearman']:.4f} < {PARITY_MIN_SPEARMAN}")
+    if out["p95_abs_z_shift"] > PARITY_MAX_Z_SHIFT:
+        failed.append(f"p95 |z shift| {out['p95_abs_z_shift']:.3f} > {PARITY_MAX_Z_SHIFT}")
+    if labels is not None and 0 < labels.sum() < len(labels):
+        out["auc"], out["auc_reference"] = roc_auc(labels, s), roc_auc(labels, r)
+        out["auc_delta"] = out["auc"] - out["auc_reference"]
+        if abs(out["auc_delta"]) > PARITY_MAX_AUC_DELTA:
+            failed.append(f"|AUC delta| {abs(out['auc_delta']):.4f} > {PARITY_MAX_AUC_DELTA}")
+    out["failed"] = failed
+    return out
+
+
+def parity_clips(data: Path, config: Any, count: int) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """`count` test clips spread evenly over every test video of `data` (with labels when present)."""
+    from model.data import DatasetError, FrameSet, list_videos, load_labels, split_folder
+
+    test_dir = split_folder(Path(data), "testing")
+    videos = list_videos(test_dir)
+    frames = FrameSet.load(test_dir, config, videos)
+    index = frames.clip_index(config.frames)
+    picks = index[np.unique(np.linspace(0, len(index) - 1, min(count, len(index))).round().astype(np.int64))]
+    try:
+        labels_per_video = load_labels(Path(data), videos, [len(f) for f in frames.frames])
+        labels = np.asarray([labels_per_video[v][t] for v, t in picks])
+    except DatasetError:
+        labels = None
+    return frames.clips(picks, config.frames), labels, f"{len(picks)} clips of {test_dir}"
+
+
+def _scores(recon: Any, clips: torch.Tensor, batch: int = 8) -> np.ndarray:
+    from model.inference import score_clips
+
+    parts = [score_clips(recon, clips[i : i + batch]).score.cpu().numpy() for i in range(0, len(clips), batch)]
+    return np.concatenate(parts)
+
+
+def calibrate_backends(
+    weights: Path,
+    data: Path,
+    backends: tuple[str, ...] = ("torch", "onnxruntime", "openvino"),
+    precisions: tuple[str, ...] = ("fp32", "bf16", "int8"),
+    seconds: float = 3.0,
+    clips: int = DEFAULT_PARITY_CLIPS,
+    threads: int = 0,
+    cache_dir: Path | None = None,
+    output: Path | None = None,
+    progress: bool = True,
+) -> tuple[dict[str, Any], Path]:
+    """Measure and check every backend/precision for `weights` on this machine; write the record."""
+    from model import runtimes
+    from model.weights import load_weights
+    from service.bench import time_call
+
+    def say(text: str) -> None:
+        if progress:
+            print(text, flush=True)
+
+    threads = threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    loaded = load_weights(weights)
+    model = loaded.model.eval()
+    digest = runtimes.weights_digest(model)
+    array, labels, source = parity_clips(data, model.config, clips)
+    test_clips = torch.from_numpy(array)
+    say(f"parity clips: {source}" + ("" if labels is None else f" ({int(labels.sum())} anomalous)"))
+    pairs = [REFERENCE] + [
+        (b, p) for b in backends for p in precisions if (b, p) != REFERENCE and p in runtimes.VALID.get(b, ())
+    ]
+    reference: np.ndarray | None = None
+    entries: list[dict[str, Any]] = []
+    for backend, precision in pairs:
+        entry: dict[str, Any] = {"backend": backend, "precision": precision, "error": None}
+        began = time.perf_counter()
+        try:
+            from model.inference import make_reconstructor
+
+            extra = {} if backend == "torch" else {"cache_dir": cache_dir, "dataset": data, "threads": threads}
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                recon = make_reconstructor(copy.deepcopy(model), backend, precision, "cpu", **extra)
+        except (ImportError, ValueError, RuntimeError) as exc:
+            entry.update(error=f"{type(exc).__name__}: {exc}", passed=False)
+            entries.append(entry)
+            say(f"  {backend}/{precision}: {entry['error']}")
+            continue
+        entry["build_s"] = round(time.perf_counter() - began, 2)
+        entry["notes"] = sorted({str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)})
+        entry["effective_precision"] = getattr(recon, "effective_precision", precision)
+        entry["versions"] = _versions(backend, precision)
+        scores = _scores(recon, test_clips)
+        if reference is None:
+            reference = scores
+        entry["parity"] = parity(scores, reference, loaded.calibration.log_std, labels)
+        entry["passed"] = (backend, precision) == REFERENCE or not entry["parity"]["failed"]
+        for batch, key in ((1, "fps"), (4, "fps_batch4")):
+            x = test_clips[:batch]
+            timing = time_call(lambda r=recon, x=x: r.reconstruct(x), seconds, 2, 3)
+            entry[key] = batch / timing.median_s
+        entries.append(entry)
+        p = entry["parity"]
+        say(f"  {backend:<11} {precision:<4} {entry['fps']:7.2f} fps (batch 4: {entry['fps_batch4']:.2f}); "
+            f"spearman {p['spearman']:.4f}, p95 |dz| {p['p95_abs_z_shift']:.3f}"
+            + (f", AUC delta {p['auc_delta']:+.4f}" if p["auc_delta"] is not None else "")
+            + ("  PASS" if entry["passed"] else f"  FAIL ({'; '.join(p['failed'])})")
+            + (f"  [runs as {entry['effective_precision']}]" if entry["effective_precision"] != precision else ""))
+        del recon
+    record = {
+        "format": RECORD_FORMAT,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "weights": str(weights),
+        "weights_sha256": digest,
+        "device": "cpu",
+        "threads": threads,
+        "machine": machine_fingerprint(),
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "parity_clips": source,
+        "criteria": {
+            "reference": "/".join(REFERENCE),
+            "min_spearman": PARITY_MIN_SPEARMAN,
+            "max_p95_abs_z_shift": PARITY_MAX_Z_SHIFT,
+            "max_abs_auc_delta": PARITY_MAX_AUC_DELTA,
+            "selection": "highest batch-1 fps among passing entries",
+        },
+        "entries": entries,
+    }
+    path = output or record_path(digest, "cpu", cache_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2, default=str))
+    tmp.replace(path)
+    best, why = choose(record, "cpu")
+    record["choice"] = None if best is None else f"{best['backend']}/{best['precision']}"
+    say(f"wrote {path}; --backend auto picks "
+        + (f"{best['backend']}/{best['precision']} ({best['fps']:.2f} fps)" if best else f"torch/fp32 ({why})"))
+    return record, path

@@ -1,0 +1,62 @@
+"""`vad bench` part (b): end to end through a real server (structure only, no speed assertions)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from service.bench import _metric_sum, _percentiles, bench_end_to_end, load_stream_frames
+from service.cli import main
+from tests.service.serving import RunningServer
+
+
+def test_end_to_end_run_against_a_running_server(vad_server: RunningServer) -> None:
+    row = bench_end_to_end(vad_server.base, streams=2, seconds=1.5, fps_per_stream=20.0)
+    assert row["streams"] == 2 and row["mode"] == "20 fps per stream" and len(row["per_stream"]) == 2
+    assert row["scored"] > 0 and all(s["scored"] > 0 for s in row["per_stream"])
+    assert row["fps"] == pytest.approx(sum(row["per_stream_fps"])) and row["fps"] > 0
+    assert row["sent"] == row["scored"] + row["dropped_responses"] + sum(s["warming"] for s in row["per_stream"])
+    assert row["dropped_metrics"] == row["dropped_responses"] and row["errors"] == 0
+    assert 0 < row["ws_received"] <= row["ws_expected"]
+    for key in ("client_latency_ms", "server_latency_ms"):
+        assert 0 < row[key]["p50"] <= row[key]["p99"]
+    assert row["model"]["backend"] == "torch" and row["mean_batch"] >= 1
+    assert vad_server.client().get("/v1/streams").json()["count"] == 0  # its streams are deleted
+
+
+def test_vad_bench_runs_the_server_part_and_reports_overhead(tiny_weights: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    code = main([
+        "bench", "--weights", str(tiny_weights), "--pairs", "torch/fp32", "--batch-sizes", "1", "--seconds", "0.1",
+        "--warmup", "1", "--threads", "1", "--no-pipeline", "--streams", "1,2", "--e2e-seconds", "1.5",
+        "--cache-dir", str(tmp_path / "cache"), "--output", str(out), "--quiet",
+    ])
+    assert code == 0
+    report = json.loads((out / "bench.json").read_text())
+    part = report["end_to_end"]
+    assert (part["backend"], part["precision"], part["selected_by"]) == ("torch", "fp32", "fastest")
+    assert [r["streams"] for r in part["runs"]] == [1, 2]
+    for run in part["runs"]:
+        assert run["mode"] == "closed loop" and run["scored"] > 0 and run["ws_received"] > 0
+        assert run["dropped_responses"] == 0  # closed loop: one frame per stream in flight
+        assert run["x_model_only_b1"] == run["fps"] / part["model_only_fps_b1"]
+    assert part["service_overhead"] == part["runs"][0]["x_model_only_b1"] > 0
+    markdown = (out / "bench.md").read_text()
+    assert "## (b) end to end through the server" in markdown and "service overhead (1 stream)" in markdown
+
+
+def test_helpers(tmp_path: Path) -> None:
+    text = 'a_total{stream="x",reason="overload"} 2.0\na_total{stream="y",reason="overload"} 3.0\n# a_total 9\n'
+    assert _metric_sum(text, "a_total") == 5.0 and _metric_sum(text, "a_total", {"stream": "y"}) == 3.0
+    assert _percentiles([]) == {"p50": None, "p99": None}
+    assert _percentiles([float(x) for x in range(1, 101)]) == {"p50": 50.5, "p99": 99.0}
+    videos, described = load_stream_frames(None, 3)
+    assert len(videos) == 3 and videos[0][0][:2] == b"\xff\xd8" and "synthetic" in described
+    for name in ("01", "02"):
+        (tmp_path / "testing" / "frames" / name).mkdir(parents=True)
+        for t in range(3):
+            (tmp_path / "testing" / "frames" / name / f"{t:03d}.jpg").write_bytes(videos[0][t])
+    videos, described = load_stream_frames(tmp_path, 3)
+    assert [len(v) for v in videos] == [3, 3, 3] and "videos 01, 02, 01" in described

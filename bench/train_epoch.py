@@ -4,8 +4,8 @@
     python bench/train_epoch.py --config lite --steps 10
 
 One step is what `vad train` does per batch: forward with the mapping encoder, the three losses,
-backward and an Adam update, channels_last. Ped2's training split gives 2470 clips per epoch
-(15 videos; the 16th is held out for calibration), i.e. 618 steps at batch 4.
+backward and an Adam update, channels_last. Ped2's training split gives 2340 clips per epoch
+(15 videos; the 16th is held out for calibration), i.e. 585 steps at batch 4.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def main() -> None:
     parser.add_argument("--config", choices=["paper", "lite"], default="lite")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--clips-per-epoch", type=int, default=2470)
+    parser.add_argument("--clips-per-epoch", type=int, default=2340)
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args()
     if args.threads:

@@ -3,9 +3,6 @@ and the worker thread, and stops them; nothing is built at import time."""
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Literal
@@ -19,28 +16,21 @@ from .domain import FrameResult
 from .settings import Settings
 from .streams import SourceFactory
 
-log = logging.getLogger("vad.app")
-
 
 def _serialize(result: FrameResult) -> str:
     return FrameResultOut.from_domain(result).model_dump_json()
 
 
-def default_source_factory() -> SourceFactory | None:
-    """`service.sources.source_factory` when that module exists (live RTSP/HTTP cameras)."""
-    if importlib.util.find_spec("service.sources") is None:
-        return None
-    try:
-        module = importlib.import_module("service.sources")
-    except Exception:
-        log.exception("service.sources could not be imported; live sources are disabled")
-        return None
-    return getattr(module, "source_factory", None)
+def default_source_factory() -> SourceFactory:
+    """Live RTSP/HTTP cameras; imported lazily so PyAV loads only when the app is built."""
+    from .sources import source_factory
+
+    return source_factory
 
 
 def create_app(settings: Settings, source_factory: SourceFactory | None | Literal["auto"] = "auto") -> FastAPI:
     """source_factory: builds live sources for POST /v1/streams with a non-"push" source; "auto" uses
-    `service.sources.source_factory` when present, None refuses live sources (422)."""
+    `service.sources.source_factory`, None refuses live sources (422)."""
     factory = default_source_factory() if source_factory == "auto" else source_factory
 
     @asynccontextmanager

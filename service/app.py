@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Literal
 
+import uvicorn
 from fastapi import FastAPI
 
 from .api import errors, frames, health, metrics, score, streams, ws
@@ -53,3 +54,18 @@ def create_app(settings: Settings, source_factory: SourceFactory | None | Litera
     for module in (streams, frames, score, ws, health, metrics):
         app.include_router(module.router)
     return app
+
+
+class ServiceServer(uvicorn.Server):
+    """uvicorn.Server for `create_app`: on shutdown, first closes the WebSocket subscribers with 1001
+    (going away) and refuses new work; uvicorn itself would drop them with 1012 (service restart)."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self.app = app
+
+    async def shutdown(self, sockets: list | None = None) -> None:
+        context: ServiceContext | None = getattr(self.app.state, "service", None)
+        if context is not None:
+            await context.begin_shutdown()
+        await super().shutdown(sockets)

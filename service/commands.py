@@ -8,9 +8,11 @@ The serve flags are generated from the Settings fields, so every setting has a f
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import logging
+import signal
 import types
 import typing
 from pathlib import Path
@@ -56,7 +58,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
 def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
-    from .app import create_app
+    from .app import ServiceServer, create_app
     from .cli import CliError
 
     given = {name: getattr(args, name) for name in Settings.model_fields if getattr(args, name, None) is not None}
@@ -72,13 +74,23 @@ def cmd_serve(args: argparse.Namespace) -> None:
             "weights file %s does not exist (train one with `vad train`, or pass --weights); "
             "serving anyway, /readyz answers 503 until restarted with weights", settings.weights,
         )
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=10,
+    app = create_app(settings)
+    server = ServiceServer(
+        uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                       timeout_graceful_shutdown=10),
+        app,
     )
+
+    def terminated(signum: int, frame: object) -> None:
+        # uvicorn shuts down gracefully on SIGTERM, then raises it again: with this handler then in
+        # place, a graceful stop exits with status 0 (as after Ctrl-C) instead of dying of SIGTERM.
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, terminated)
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C, raised again by uvicorn after its graceful shutdown
+        server.run()
+    if not server.started:
+        raise SystemExit(3)  # uvicorn's status when the server could not start (e.g. port in use)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

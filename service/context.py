@@ -105,6 +105,12 @@ class ServiceContext:
         log.info("model %s loaded on %s (%s/%s), threshold %.3f", s.weights, rt.device, rt.backend, rt.precision,
                  rt.threshold)
 
+    async def begin_shutdown(self, timeout: float = 2.0) -> None:
+        """First step of a graceful shutdown, run by the server before it drops its connections (which
+        would close WebSockets with 1012): refuse new work and close subscribers with 1001 (going away)."""
+        self.stopping = True
+        await self.hub.close_all_and_wait(timeout)
+
     async def stop(self) -> None:
         self.stopping = True
         self.hub.close_all()

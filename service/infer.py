@@ -134,16 +134,20 @@ class FrameQueue:
     def take_batch(self, max_batch: int, wait_s: float) -> list[Job]:
         """Block for the first job, then wait up to wait_s for the batch to fill. [] once closed."""
         with self._cond:
-            while not self._jobs and not self._closed:
-                self._cond.wait()
-            if self._closed:
-                return []
-            deadline = time.monotonic() + wait_s
-            while len(self._jobs) < max_batch:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._closed:
+            while True:
+                while not self._jobs and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return []
+                deadline = time.monotonic() + wait_s
+                while len(self._jobs) < max_batch:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or self._closed:
+                        break
+                    self._cond.wait(remaining)
+                # remove_stream (a DELETE) may have taken every job meanwhile: [] must only mean closed.
+                if self._jobs or self._closed:
                     break
-                self._cond.wait(remaining)
             batch = [self._jobs.popleft() for _ in range(min(max_batch, len(self._jobs)))]
             for job in batch:
                 self._decrement(job.stream_id)

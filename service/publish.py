@@ -63,6 +63,7 @@ class ScoreHub:
         self.serialize = serialize
         self.metrics = metrics
         self._clients: set[_Client] = set()
+        self._serving = 0  # serve() calls not finished yet (their close frame may still be on its way)
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -102,8 +103,22 @@ class ScoreHub:
         for client in self._clients:
             client.request_close(CLOSE_GOING_AWAY, "server shutting down", "shutdown")
 
+    async def close_all_and_wait(self, timeout: float) -> None:
+        """Close every subscriber with 1001 and wait (at most `timeout` s) until their close frames are sent."""
+        self.close_all()
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self._serving and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+
     async def serve(self, websocket: WebSocket, stream_id: str | None) -> None:
         """Run one accepted subscriber until it leaves, is closed, or its stream is deleted."""
+        self._serving += 1
+        try:
+            await self._serve(websocket, stream_id)
+        finally:
+            self._serving -= 1
+
+    async def _serve(self, websocket: WebSocket, stream_id: str | None) -> None:
         client = _Client(stream_id, self.queue_size)
         self._clients.add(client)
         sender = asyncio.create_task(self._send_loop(websocket, client))

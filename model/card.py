@@ -82,6 +82,7 @@ def render_markdown(card: dict) -> str:  # type: ignore[type-arg]
         f"{', '.join(training.get('calibration_videos', [])) or 'none'}",
         f"- sha256 of the training file list: `{training.get('file_list_sha256')}`",
         f"- sha256 of the weights file: `{card.get('weights_sha256')}`",
+        *([f"- {training['note']}"] if training.get("note") else []),
         "",
     ]
     for key, report in card.get("evaluation", {}).items():
@@ -119,4 +120,6 @@ def render_markdown(card: dict) -> str:  # type: ignore[type-arg]
                 f"and {_pct(loc['top_window_share_in_mask'])} of its area lies inside the mask on average.",
             ]
         lines.append("")
+    if card.get("notes"):
+        lines += ["## Notes", "", *(f"- {note}" for note in card["notes"]), ""]
     return "\n".join(lines) + "\n"

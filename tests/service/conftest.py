@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 
 from service.settings import Settings
 from service.streams import SourceFactory
+from tests.service.rtsp_fixtures import PED2_FRAMES, rtsp_available, write_frames
 from tests.service.serving import RunningServer, running_server
 from tests.synthetic import make_video
 
@@ -64,3 +66,17 @@ def video() -> np.ndarray:
     """40 synthetic 180x120 BGR frames with an anomaly in the second half."""
     frames, _ = make_video(40, seed=3, anomaly=(20, 39))
     return frames
+
+
+@pytest.fixture(scope="module")
+def camera_frames(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Frames for the GStreamer test camera: Ped2 test video 01, else synthetic ones. The camera
+    needs Debian's GStreamer RTSP server: missing on a user's machine is a skip, in CI a failure."""
+    why = rtsp_available()
+    if why:
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+    if (PED2_FRAMES / "000.jpg").is_file():
+        return PED2_FRAMES
+    return write_frames(tmp_path_factory.mktemp("camera"))

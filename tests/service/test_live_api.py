@@ -28,7 +28,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from service.infer import FrameQueue, Job
-from tests.service.rtsp_fixtures import PED2_FRAMES, RtspCamera, rtsp_available, write_frames
+from tests.service.rtsp_fixtures import RtspCamera
 from tests.service.serving import encode, metric_value
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -107,18 +107,6 @@ class ServeProcess:
                 self.process.kill()
                 self.process.wait(10)
         self._log.close()
-
-
-@pytest.fixture(scope="module")
-def camera_frames(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    why = rtsp_available()
-    if why:
-        if os.environ.get("CI"):
-            pytest.fail(why)
-        pytest.skip(why)
-    if (PED2_FRAMES / "000.jpg").is_file():
-        return PED2_FRAMES
-    return write_frames(tmp_path_factory.mktemp("camera"))
 
 
 @pytest.fixture(scope="module")

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import functools
-import os
 import time
-from pathlib import Path
 
 import pytest
 
 from service.netguard import parse_networks
 from service.sources import SourceSettings, source_factory
-from tests.service.rtsp_fixtures import PED2_FRAMES, RtspCamera, rtsp_available, write_frames
+from tests.service.rtsp_fixtures import RtspCamera
 
 SETTINGS = SourceSettings(
     open_timeout_s=3.0, stall_timeout_s=2.0, backoff_initial_s=0.2, backoff_max_s=1.0,
@@ -27,18 +25,6 @@ def wait_for(predicate, timeout: float, step: float = 0.05) -> bool:
             return True
         time.sleep(step)
     return predicate()
-
-
-@pytest.fixture(scope="module")
-def camera_frames(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    why = rtsp_available()
-    if why:
-        if os.environ.get("CI"):
-            pytest.fail(why)
-        pytest.skip(why)
-    if (PED2_FRAMES / "000.jpg").is_file():
-        return PED2_FRAMES
-    return write_frames(tmp_path_factory.mktemp("camera"))
 
 
 def test_live_stream_is_scored_and_survives_a_camera_restart(camera_frames, start_server):

@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 SERVER = Path(__file__).resolve().parent / "rtsp_server.py"
@@ -140,3 +141,13 @@ class RtspCamera:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, step: float = 0.02) -> bool:
+    """Poll `predicate` until it is true or `timeout` seconds pass; its last value decides."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return bool(predicate())

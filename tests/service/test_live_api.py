@@ -28,7 +28,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from service.infer import FrameQueue, Job
-from tests.service.rtsp_fixtures import RtspCamera
+from tests.service.rtsp_fixtures import RtspCamera, wait_for
 from tests.service.serving import encode, metric_value
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,14 +40,6 @@ CAMERA_FPS = 25
 OPEN_TIMEOUT_S = 2.0  # VAD_SOURCE_OPEN_TIMEOUT_S of the servers here
 
 
-def wait_for(predicate: Callable[[], object], timeout: float, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.TransportError):
-            if predicate():
-                return True
-        time.sleep(step)
-    return bool(predicate())
 
 
 def free_port() -> int:

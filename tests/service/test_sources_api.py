@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import functools
-import time
 
 import pytest
 
 from service.netguard import parse_networks
 from service.sources import SourceSettings, source_factory
-from tests.service.rtsp_fixtures import RtspCamera
+from tests.service.rtsp_fixtures import RtspCamera, wait_for
 
 SETTINGS = SourceSettings(
     open_timeout_s=3.0, stall_timeout_s=2.0, backoff_initial_s=0.2, backoff_max_s=1.0,
@@ -18,13 +17,6 @@ SETTINGS = SourceSettings(
 LOOPBACK_FACTORY = functools.partial(source_factory, settings=SETTINGS)
 
 
-def wait_for(predicate, timeout: float, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
 
 
 def test_live_stream_is_scored_and_survives_a_camera_restart(camera_frames, start_server):

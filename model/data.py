@@ -15,6 +15,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 from .network import DESDnetConfig
 
@@ -229,3 +230,27 @@ class FrameSet:
         x = to_model_range(np.stack(stacks))  # (B, T, C, S, S)
         b, t, c, h, w = x.shape
         return np.ascontiguousarray(x.reshape(b, t * c, h, w))
+
+
+class TensorClips:
+    """A FrameSet's frames as one uint8 tensor (N, C, S, S) on a device, gathering clip batches there.
+
+    Frames travel to the device once; each clip batch is an index gather, not a host copy, and
+    converts exactly as `to_model_range` does (x / 127.5 - 1 in float32).
+    """
+
+    def __init__(self, frames: FrameSet, clip_frames: int, device: str | torch.device = "cpu") -> None:
+        self.device = torch.device(device)
+        self.clip_frames = clip_frames
+        self.frames = torch.cat([torch.from_numpy(a).permute(0, 3, 1, 2) for a in frames.frames])
+        self.frames = self.frames.contiguous().to(self.device)
+        lengths = [len(a) for a in frames.frames]
+        self.offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+
+    def clips(self, index: np.ndarray) -> torch.Tensor:
+        """(video, t) rows -> float32 (B, T*C, S, S) in [-1, 1] on the device."""
+        t = self.clip_frames
+        first = self.offsets[index[:, 0]] + index[:, 1] - (t - 1)
+        rows = torch.from_numpy(first[:, None] + np.arange(t)).to(self.device)
+        x = self.frames[rows].float() / 127.5 - 1.0  # (B, T, C, S, S)
+        return x.flatten(1, 2)

@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from .card import write_training_card
-from .data import FrameSet, file_list_hash, list_videos, split_folder
+from .data import FrameSet, TensorClips, file_list_hash, list_videos, split_folder
 from .erasure import ErasureMaskCollector, apply_erasure
 from .losses import (
     intensity_loss,
@@ -54,6 +54,17 @@ class TrainConfig:
     resume: bool = False
     progress: bool = True
     command: str = ""
+    device: str = "cpu"
+    precision: str = "fp32"  # bf16: autocast on CUDA (losses and statistics stay in fp32)
+    time_budget_s: float = 0.0  # > 0: plan the epoch count so the run ends within this many seconds
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"training precision must be fp32 or bf16, not {self.precision!r}")
+        if self.precision == "bf16" and not self.device.startswith("cuda"):
+            raise ValueError("bf16 training is for CUDA devices; on a CPU train in fp32")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"device {self.device} was asked for but torch sees no CUDA GPU")
 
     def as_json(self) -> dict[str, object]:
         d = asdict(self)
@@ -98,12 +109,12 @@ def save_checkpoint(path: Path, model: DESDnet, optimizer: torch.optim.Optimizer
                     state: TrainState, cfg: TrainConfig) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
-        "model": model.state_dict(),
+        "model": {k: v.cpu() for k, v in model.state_dict().items()},
         "optimizer": optimizer.state_dict(),
         "epoch": state.epoch,
-        "center": state.center,
+        "center": None if state.center is None else state.center.cpu(),
         "radius": state.radius,
-        "mask": state.mask,
+        "mask": None if state.mask is None else state.mask.cpu(),
         "history": json.dumps(state.history),
         "wall_seconds": state.wall_seconds,
         "config": cfg.model.to_json(),
@@ -147,68 +158,96 @@ def split_calibration(videos: list, n: int) -> tuple[list, list]:
 
 @torch.no_grad()
 def patch_scores_of(model: DESDnet, frames: FrameSet, batch_size: int = 16) -> torch.Tensor:
-    """Raw patch scores of every clip of `frames` (eval mode, mapping encoder skipped)."""
+    """Raw patch scores of every clip of `frames` (eval mode, fp32, mapping encoder skipped)."""
     cfg = model.config
     model.eval()
+    device = next(model.parameters()).device
+    source = TensorClips(frames, cfg.frames, device)
     index = frames.clip_index(cfg.frames)
     scores = []
-    for start in range(0, len(index), batch_size):
-        clip = torch.from_numpy(frames.clips(index[start : start + batch_size], cfg.frames))
-        out = model(clip, with_feature=False).image
-        current = clip[:, -cfg.channels :]
-        scores.append(patch_score(error_map(out, current), cfg.patch_size, cfg.patch_stride).score)
+    # Strict fp32 on CUDA too (no TF32): the calibration must match what a CPU computes.
+    with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=False, allow_tf32=False):
+        for start in range(0, len(index), batch_size):
+            clip = source.clips(index[start : start + batch_size])
+            out = model(clip, with_feature=False).image
+            current = clip[:, -cfg.channels :]
+            scores.append(patch_score(error_map(out, current), cfg.patch_size, cfg.patch_stride).score.cpu())
     return torch.cat(scores)
+
+
+def plan_epochs(cfg: TrainConfig, state: TrainState, run_seconds: float) -> int:
+    """Total epochs for this run: cfg.epochs, or fewer so that it ends within cfg.time_budget_s."""
+    if cfg.time_budget_s <= 0 or state.epoch == 0:
+        return cfg.epochs
+    recent = [h["seconds"] for h in state.history[-3:]]
+    per_epoch = max(recent) if recent else run_seconds / state.epoch
+    fits = int((cfg.time_budget_s - run_seconds) // max(per_epoch, 1e-6))
+    return max(state.epoch, min(cfg.epochs, state.epoch + fits))
+
+
+def _autocast(cfg: TrainConfig):  # type: ignore[no-untyped-def]
+    device_type = torch.device(cfg.device).type
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
 
 
 def train(cfg: TrainConfig, on_epoch: Callable[[TrainState], None] | None = None) -> TrainState:
     """Train, checkpointing every epoch; write the weights and a model card at the end."""
+    run_started = time.perf_counter()
     mcfg = cfg.model
+    device = torch.device(cfg.device)
     torch.manual_seed(cfg.seed)
     training_dir = split_folder(Path(cfg.data), "training")
     videos = list_videos(training_dir)
     train_videos, calib_videos = split_calibration(videos, cfg.calibration_videos)
     train_set = FrameSet.load(training_dir, mcfg, train_videos)
     index = train_set.clip_index(mcfg.frames)
+    source = TensorClips(train_set, mcfg.frames, device)
 
-    model = DESDnet(mcfg).to(memory_format=torch.channels_last)  # ~15 % faster on CPU
+    model = DESDnet(mcfg).to(device, memory_format=torch.channels_last)  # ~15 % faster on CPU
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     ckpt = _checkpoint_path(cfg)
     state = TrainState()
     if cfg.resume and ckpt.is_file():
         state = load_checkpoint(ckpt, model, optimizer, cfg)
+        state.center = None if state.center is None else state.center.to(device)
     elif cfg.resume:
         raise TrainError(f"{ckpt}: no checkpoint to resume from")
-    scheduler = cosine_schedule(optimizer, cfg.epochs, state.epoch)
+    planned = plan_epochs(cfg, state, 0.0)
+    scheduler = cosine_schedule(optimizer, planned, state.epoch)
 
     steps = len(index) if cfg.max_clips_per_epoch <= 0 else min(len(index), cfg.max_clips_per_epoch)
     steps_per_epoch = math.ceil(steps / cfg.batch_size)
     c = mcfg.channels
     use_compact = cfg.compact_weight > 0
 
-    for epoch in range(state.epoch, cfg.epochs):
+    while state.epoch < planned:
+        epoch = state.epoch
         started = time.perf_counter()
         model.train()
         order = np.random.default_rng(cfg.seed + epoch).permutation(len(index))[:steps]
         collector = ErasureMaskCollector(cfg.erasure_batches, mcfg.image_size, mcfg.image_size)
+        mask = state.mask.to(device) if cfg.erasure and state.mask is not None else None
         feature_sum: torch.Tensor | None = None
         distances: list[torch.Tensor] = []
-        totals = {"loss": 0.0, "int": 0.0, "rgb": 0.0, "compact": 0.0}
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        # Running sums stay on the device: reading them every step would stall a GPU.
+        totals = {k: torch.zeros((), device=device) for k in ("loss", "int", "rgb", "compact")}
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{planned}",
                    disable=None if cfg.progress else True, leave=False, dynamic_ncols=True)
         for step in bar:
             rows = index[order[step * cfg.batch_size : (step + 1) * cfg.batch_size]]
-            clip = torch.from_numpy(train_set.clips(rows, mcfg.frames))
-            clip = clip.contiguous(memory_format=torch.channels_last)
+            clip = source.clips(rows).contiguous(memory_format=torch.channels_last)
             current, previous = clip[:, -c:], clip[:, :-c]
-            erased = apply_erasure(clip, state.mask if cfg.erasure else None)
-            out = model(erased, with_feature=use_compact)
-            l_int = intensity_loss(out.image, current)
-            l_rgb = weighted_rgb_loss(out.image, previous, c)
+            erased = apply_erasure(clip, mask)
+            with _autocast(cfg):
+                out = model(erased, with_feature=use_compact)
+            image = out.image.float()
+            l_int = intensity_loss(image, current)
+            l_rgb = weighted_rgb_loss(image, previous, c)
             loss = l_int + cfg.rgb_weight * l_rgb
-            l_compact = torch.zeros(())
+            l_compact = torch.zeros((), device=device)
             if use_compact:
                 assert out.feature is not None
-                feature = out.feature
+                feature = out.feature.float()
                 if state.center is None:  # first epoch: accumulate the centre
                     batch_sum = feature.detach().sum(dim=0)
                     feature_sum = batch_sum if feature_sum is None else feature_sum + batch_sum
@@ -220,11 +259,11 @@ def train(cfg: TrainConfig, on_epoch: Callable[[TrainState], None] | None = None
             loss.backward()
             optimizer.step()
             if cfg.erasure and step >= steps_per_epoch - cfg.erasure_batches:
-                collector.add(out.image.detach(), current)
+                collector.add(image.detach(), current)
             for key, value in (("loss", loss), ("int", l_int), ("rgb", l_rgb), ("compact", l_compact)):
-                totals[key] += float(value.detach())
+                totals[key] += value.detach()
             if cfg.progress and step % 10 == 0:
-                bar.set_postfix({k: f"{v / (step + 1):.4f}" for k, v in totals.items()})
+                bar.set_postfix({k: f"{float(v) / (step + 1):.4f}" for k, v in totals.items()})
         bar.close()
         scheduler.step()
 
@@ -239,7 +278,7 @@ def train(cfg: TrainConfig, on_epoch: Callable[[TrainState], None] | None = None
         state.epoch = epoch + 1
         elapsed = time.perf_counter() - started
         state.wall_seconds += elapsed
-        record = {k: v / steps_per_epoch for k, v in totals.items()}
+        record = {k: float(v) / steps_per_epoch for k, v in totals.items()}
         record.update(epoch=epoch + 1, seconds=round(elapsed, 2), radius=state.radius,
                       erased_fraction=float(1 - state.mask.mean()) if state.mask is not None else 0.0,
                       lr=scheduler.get_last_lr()[0])
@@ -247,11 +286,15 @@ def train(cfg: TrainConfig, on_epoch: Callable[[TrainState], None] | None = None
         save_checkpoint(ckpt, model, optimizer, state, cfg)
         if cfg.progress:
             print(
-                f"epoch {epoch + 1}/{cfg.epochs}: loss {record['loss']:.5f} int {record['int']:.5f} "
+                f"epoch {epoch + 1}/{planned}: loss {record['loss']:.5f} int {record['int']:.5f} "
                 f"rgb {record['rgb']:.5f} compact {record['compact']:.4f} R {state.radius:.4f} "
                 f"erased {record['erased_fraction']:.1%} ({elapsed:.0f} s)",
                 flush=True,
             )
+        replanned = plan_epochs(cfg, state, time.perf_counter() - run_started)
+        if replanned != planned:  # the closed-form cosine follows the new total from here on
+            planned = replanned
+            scheduler = cosine_schedule(optimizer, planned, state.epoch)
         if on_epoch is not None:
             on_epoch(state)
 
@@ -270,7 +313,8 @@ def train(cfg: TrainConfig, on_epoch: Callable[[TrainState], None] | None = None
         "file_list_sha256": file_list_hash(videos),
         "history": state.history,
         "torch": torch.__version__,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
     }
-    save_weights(cfg.output, model, state.center, state.radius, calibration, training)
+    save_weights(cfg.output, model.cpu(), state.center, state.radius, calibration, training)
     write_training_card(cfg.output, mcfg.to_json(), training, asdict(calibration))
     return state

@@ -141,6 +141,7 @@ def load_weights(
     except (SafetensorError, OSError, ValueError) as exc:
         raise WeightsError(f"{path}: cannot read tensors ({exc})") from exc
     center = tensors.pop(CENTER_KEY, None)
+    center = None if center is None else center.float()
     model = DESDnet(config)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
@@ -170,3 +171,17 @@ def load_weights(
     except (ValueError, TypeError) as exc:
         raise WeightsError(f"{path}: invalid metadata ({exc})") from exc
     return LoadedWeights(model, config, center, radius, calibration, training, path)
+
+
+def store_as(source: Path | str, target: Path | str, dtype: torch.dtype = torch.float16) -> None:
+    """Copy a weights file with its floating-point tensors stored as `dtype` (fp16 halves the file).
+
+    Loading casts them back to fp32; the metadata (config, calibration, training) is kept and the
+    storage type is recorded in it.
+    """
+    metadata = read_metadata(Path(source))
+    tensors = {
+        k: v.to(dtype) if v.is_floating_point() else v for k, v in load_file(str(source)).items()
+    }
+    metadata["storage_dtype"] = str(dtype).removeprefix("torch.")
+    save_file(tensors, str(target), metadata=metadata)

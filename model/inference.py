@@ -38,7 +38,9 @@ def cpu_has_bf16() -> bool:
 class TorchReconstructor:
     """PyTorch backend. CPU: channels_last, optional bf16 autocast. CUDA: bf16/fp16 autocast."""
 
-    def __init__(self, model: DESDnet, device: str | torch.device = "cpu", precision: str = "fp32") -> None:
+    def __init__(
+        self, model: DESDnet, device: str | torch.device = "cpu", precision: str = "fp32", concurrent: bool = True
+    ) -> None:
         if precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"torch backend supports fp32, bf16 and fp16, not {precision!r}")
         self.device = torch.device(device)
@@ -46,6 +48,13 @@ class TorchReconstructor:
         self.config = model.config
         self.model = model.eval().to(self.device).to(memory_format=torch.channels_last)
         self.name = f"torch-{precision}"
+        # CUDA: the two encoders overlap on two streams (a batch-1 frame fills only part of a GPU).
+        self.side_stream = (
+            torch.cuda.Stream(self.device)
+            if concurrent and self.device.type == "cuda" and model.config.use_prediction
+            and model.config.use_reconstruction
+            else None
+        )
         if precision == "bf16" and self.device.type == "cpu" and not cpu_has_bf16():
             warnings.warn(
                 "this CPU has no bf16 instructions: torch bf16 runs emulated and slower than fp32",
@@ -63,7 +72,7 @@ class TorchReconstructor:
     def reconstruct(self, clips: torch.Tensor) -> torch.Tensor:
         clips = clips.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         with self._autocast():
-            image = self.model(clips, with_feature=False).image
+            image = self.model(clips, with_feature=False, side_stream=self.side_stream).image
         return image.float()
 
     @torch.inference_mode()
@@ -97,6 +106,9 @@ def score_clips(
 ) -> ClipScores:
     """(B, T*C, H, W) -> ClipScores. With `center` (and a torch backend) also the feature distance."""
     cfg = reconstructor.config
+    device = getattr(reconstructor, "device", None)
+    if isinstance(device, torch.device) and device.type == "cuda":
+        clips = clips.to(device, non_blocking=True)  # uploaded once, for the model and the score
     distance = None
     if center is not None and isinstance(reconstructor, TorchReconstructor):
         image, feature = reconstructor.reconstruct_with_feature(clips)

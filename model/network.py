@@ -185,10 +185,14 @@ class DESDnet(nn.Module):
         self.decoder = Decoder(widths, c)
         self.mapping_encoder = Encoder(c, widths)
 
-    def forward(self, clip: torch.Tensor, with_feature: bool = True) -> DESDnetOutput:
+    def forward(
+        self, clip: torch.Tensor, with_feature: bool = True, side_stream: torch.cuda.Stream | None = None
+    ) -> DESDnetOutput:
         """clip: (B, T*C, H, W), frames oldest first, values in [-1, 1].
 
         with_feature=False skips the mapping encoder: the image is unchanged, feature is None.
+        side_stream (CUDA): the reconstruction encoder runs on it, concurrently with the prediction
+        encoder on the current stream; the result is the same.
         """
         cfg = self.config
         expected = cfg.frames * cfg.channels
@@ -201,8 +205,17 @@ class DESDnet(nn.Module):
         previous, current = clip[:, :split], clip[:, split:]
         if self.prediction_encoder is not None and self.reconstruction_encoder is not None:
             assert self.fusion is not None
-            p1, p2, p3, p4 = self.prediction_encoder(previous)
-            r4 = self.reconstruction_encoder(current)[3]
+            if side_stream is None:
+                p1, p2, p3, p4 = self.prediction_encoder(previous)
+                r4 = self.reconstruction_encoder(current)[3]
+            else:
+                main = torch.cuda.current_stream(clip.device)
+                side_stream.wait_stream(main)  # the input is ready on the side stream too
+                with torch.cuda.stream(side_stream):
+                    r4 = self.reconstruction_encoder(current)[3]
+                p1, p2, p3, p4 = self.prediction_encoder(previous)
+                main.wait_stream(side_stream)
+                r4.record_stream(main)  # freed for reuse only after the main stream is done with it
             bottleneck = self.fusion(torch.cat([p4, r4], dim=1))
             skips = (p1, p2, p3)
         else:

@@ -72,11 +72,14 @@ def patch_score(errors: torch.Tensor, size: int = 16, stride: int = 4) -> PatchS
 
     errors: (B, H, W) signed error map from `error_map`.
     """
-    means, ys, xs = box_means(errors.square(), size, stride)
+    means, _, _ = box_means(errors.square(), size, stride)
     b, ny, nx = means.shape
+    _, h, w = errors.shape
     best, flat = means.reshape(b, ny * nx).max(dim=1)
-    y0 = torch.tensor(ys, device=errors.device)[flat // nx]
-    x0 = torch.tensor(xs, device=errors.device)[flat % nx]
+    # Window i starts at i·stride, or flush with the end for the extra last one: min(i·stride, end).
+    # Arithmetic rather than a lookup table: no host-to-device copy (CUDA graphs can capture it).
+    y0 = torch.clamp((flat // nx) * stride, max=h - size)
+    x0 = torch.clamp((flat % nx) * stride, max=w - size)
     return PatchScore(best, y0, x0)
 
 

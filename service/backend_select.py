@@ -15,8 +15,12 @@ how to make one. A record describes one machine: its CPU and instruction sets ar
 Parity, against torch fp32 on the same clips (`PARITY_*` below), all of:
   - Spearman rank correlation of the raw patch scores >= PARITY_MIN_SPEARMAN: the ranking, which
     is all the paper protocol's AUC depends on, is kept;
-  - 95th percentile of |z - z_fp32| <= PARITY_MAX_Z_SHIFT, z = (log score - mu) / sigma with the
-    weights' calibration: the causal score the threshold applies to moves by less than that;
+  - 95th percentile of |z - z_fp32| <= PARITY_MAX_Z_SHIFT, z = (log score - mu) / sigma: the
+    causal score the threshold applies to moves by less than that. Each backend's z uses its own
+    calibration, measured here as training did (the held-out normal training videos named in the
+    weights, scored by that backend), so a uniform bias of a quantised backend is calibrated away
+    rather than shifting the threshold (torch fp32, measured the same way, is the reference; it
+    serves with the weights' calibration, which training measured identically);
   - |AUC - AUC_fp32| <= PARITY_MAX_AUC_DELTA on the parity clips, when the dataset has labels.
 """
 
@@ -28,7 +32,7 @@ import logging
 import os
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +142,35 @@ def resolve_auto(model: Any, device: str, cache_dir: Path | None = None) -> Choi
     return Choice(entry["backend"], entry["precision"], reason, path)
 
 
+def backend_calibration(model: Any, backend: str, precision: str, device: str,
+                        cache_dir: Path | None = None) -> tuple[Any, str]:
+    """(Calibration, source) for a backend other than torch fp32: its own, from this machine's
+    record, else (None, why not). torch fp32 always uses the weights' calibration."""
+    from model.runtimes import weights_digest
+    from model.weights import Calibration
+
+    path = record_path(weights_digest(model), device, cache_dir)
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None, f"no backend record at {path}"
+    except (OSError, json.JSONDecodeError) as exc:
+        return None, f"backend record {path} is unreadable ({exc})"
+    if record.get("format") != RECORD_FORMAT or record.get("device") != device:
+        return None, f"backend record {path} is for another format or device"
+    if record.get("machine") != machine_fingerprint():
+        return None, f"backend record {path} was made on another machine"
+    for entry in record.get("entries", []):
+        if (entry.get("backend"), entry.get("precision")) == (backend, precision) and entry.get("calibration"):
+            if entry.get("versions") and entry["versions"] != _versions(backend, precision):
+                return None, f"{path}: {backend}/{precision} was calibrated with other library versions"
+            try:
+                return Calibration(**entry["calibration"]), f"{path} ({backend}/{precision})"
+            except TypeError as exc:
+                return None, f"{path}: malformed calibration for {backend}/{precision} ({exc})"
+    return None, f"{path} has no calibration for {backend}/{precision}"
+
+
 def build_auto(model: Any, device: str, cache_dir: Path | None = None) -> tuple[str, str, Any]:
     """(backend, precision, Reconstructor) for backend="auto"; torch fp32 when the choice fails to build."""
     from model.inference import make_reconstructor
@@ -174,17 +207,30 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def parity(
-    scores: np.ndarray, reference: np.ndarray, log_std: float, labels: np.ndarray | None
+    scores: np.ndarray,
+    reference: np.ndarray,
+    reference_calibration: Any,
+    labels: np.ndarray | None,
+    calibration: Any | None = None,
 ) -> dict[str, Any]:
-    """Agreement of `scores` with the torch fp32 `reference` on the same clips, and pass/fail."""
+    """Agreement of `scores` with the torch fp32 `reference` on the same clips, and pass/fail.
+
+    The z-scores use each side's calibration (`calibration` for `scores`, the reference's when None).
+    """
     from model.evaluate import roc_auc
 
     s = np.maximum(np.asarray(scores, dtype=np.float64), 1e-12)
     r = np.maximum(np.asarray(reference, dtype=np.float64), 1e-12)
     rel = np.abs(s - r) / r
-    z_shift = np.abs(np.log(s) - np.log(r)) / max(log_std, 1e-12)
+    own = calibration or reference_calibration
+
+    def z(x: np.ndarray, c: Any) -> np.ndarray:
+        return (np.log(x) - c.log_mean) / max(c.log_std, 1e-12)
+
+    z_shift = np.abs(z(s, own) - z(r, reference_calibration))
     out: dict[str, Any] = {
         "clips": len(s),
+        "calibration": "own" if calibration is not None else "reference's",
         "spearman": spearman(s, r),
         "p95_abs_z_shift": float(np.percentile(z_shift, 95)),
         "max_rel_error": float(rel.max()),
@@ -224,6 +270,23 @@ def parity_clips(data: Path, config: Any, count: int) -> tuple[np.ndarray, np.nd
     return frames.clips(picks, config.frames), labels, f"{len(picks)} clips of {test_dir}"
 
 
+def calibration_clips(data: Path, config: Any, training: dict[str, Any]) -> tuple[torch.Tensor, str]:
+    """The clips training calibrated on: the held-out normal videos its metadata names, read from
+    `data`'s training split (the last training video when the weights name none)."""
+    from model.data import DatasetError, FrameSet, list_videos, split_folder
+
+    train_dir = split_folder(Path(data), "training")
+    videos = list_videos(train_dir)
+    wanted = [str(v) for v in training.get("calibration_videos") or []]
+    chosen = [v for v in videos if v.name in wanted] if wanted else videos[-1:]
+    if not chosen:
+        raise DatasetError(f"{train_dir}: none of the calibration videos {wanted} of the weights is there")
+    frames = FrameSet.load(train_dir, config, chosen)
+    index = frames.clip_index(config.frames)
+    names = ", ".join(v.name for v in chosen)
+    return torch.from_numpy(frames.clips(index, config.frames)), f"{len(index)} clips of {train_dir} ({names})"
+
+
 def _scores(recon: Any, clips: torch.Tensor, batch: int = 8) -> np.ndarray:
     from model.inference import score_clips
 
@@ -245,7 +308,7 @@ def calibrate_backends(
 ) -> tuple[dict[str, Any], Path]:
     """Measure and check every backend/precision for `weights` on this machine; write the record."""
     from model import runtimes
-    from model.weights import load_weights
+    from model.weights import Calibration, load_weights
     from service.bench import time_call
 
     def say(text: str) -> None:
@@ -259,11 +322,14 @@ def calibrate_backends(
     digest = runtimes.weights_digest(model)
     array, labels, source = parity_clips(data, model.config, clips)
     test_clips = torch.from_numpy(array)
+    calib_clips, calib_source = calibration_clips(data, model.config, loaded.training)
+    say(f"calibration clips: {calib_source}")
     say(f"parity clips: {source}" + ("" if labels is None else f" ({int(labels.sum())} anomalous)"))
     pairs = [REFERENCE] + [
         (b, p) for b in backends for p in precisions if (b, p) != REFERENCE and p in runtimes.VALID.get(b, ())
     ]
     reference: np.ndarray | None = None
+    reference_calibration = loaded.calibration
     entries: list[dict[str, Any]] = []
     for backend, precision in pairs:
         entry: dict[str, Any] = {"backend": backend, "precision": precision, "error": None}
@@ -285,9 +351,11 @@ def calibrate_backends(
         entry["effective_precision"] = getattr(recon, "effective_precision", precision)
         entry["versions"] = _versions(backend, precision)
         scores = _scores(recon, test_clips)
-        if reference is None:
-            reference = scores
-        entry["parity"] = parity(scores, reference, loaded.calibration.log_std, labels)
+        own = Calibration.from_scores(torch.from_numpy(_scores(recon, calib_clips)))
+        entry["calibration"] = asdict(own)
+        if reference is None:  # torch fp32, measured first
+            reference, reference_calibration = scores, own
+        entry["parity"] = parity(scores, reference, reference_calibration, labels, own)
         entry["passed"] = (backend, precision) == REFERENCE or not entry["parity"]["failed"]
         for batch, key in ((1, "fps"), (4, "fps_batch4")):
             x = test_clips[:batch]
@@ -311,6 +379,7 @@ def calibrate_backends(
         "machine": machine_fingerprint(),
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "parity_clips": source,
+        "calibration_clips": calib_source,
         "criteria": {
             "reference": "/".join(REFERENCE),
             "min_spearman": PARITY_MIN_SPEARMAN,

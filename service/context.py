@@ -84,7 +84,7 @@ class ServiceContext:
                       self.load_error)
         rt = self.runtime
         if rt is not None:
-            self.scorer = Scorer(rt.config, rt.weights.calibration, rt.threshold)
+            self.scorer = Scorer(rt.config, rt.calibration, rt.threshold)
         self.manager = self._make_manager()
         self.metrics.live.queue_depth = lambda: len(self.queue)
         self.metrics.live.websocket_clients = lambda: self.hub.client_count
@@ -101,6 +101,7 @@ class ServiceContext:
         self.metrics.model.info({
             "weights": s.weights.name, "loaded": "true", "config": rt.config.to_json(), "backend": rt.backend,
             "precision": rt.precision, "device": rt.device, "threshold": f"{rt.threshold:g}",
+            "calibration": "weights" if rt.calibration_source == "weights" else "backend record",
         })
         log.info("model %s loaded on %s (%s/%s), threshold %.3f", s.weights, rt.device, rt.backend, rt.precision,
                  rt.threshold)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from model.inference import ClipScores, Reconstructor, make_reconstructor, score_clips
-from model.weights import LoadedWeights, load_weights
+from model.weights import Calibration, LoadedWeights, load_weights
 
 from .domain import Overloaded
 from .metrics import ServiceMetrics
@@ -40,6 +40,8 @@ class ModelRuntime:
     backend: str
     precision: str
     threshold: float
+    calibration: Calibration  # the causal z-score's statistics for this backend (see load_runtime)
+    calibration_source: str
 
     @property
     def config(self):  # -> DESDnetConfig
@@ -70,8 +72,20 @@ def load_runtime(
     cfg = weights.config
     warmup = torch.zeros(1, cfg.frames * cfg.channels, cfg.image_size, cfg.image_size)
     score_clips(reconstructor, warmup)
-    chosen = weights.calibration.threshold if threshold is None else threshold
-    return ModelRuntime(weights, reconstructor, resolved, backend, precision, float(chosen))
+    # A quantised backend's scores can carry a uniform bias: its own calibration (measured by
+    # `vad calibrate-backends` on the same held-out videos) keeps the z-score and threshold honest.
+    calibration, source = weights.calibration, "weights"
+    if (backend, precision) != ("torch", "fp32"):
+        from .backend_select import backend_calibration
+
+        own, why = backend_calibration(weights.model, backend, precision, resolved)
+        if own is not None:
+            calibration, source = own, why
+        else:
+            log.warning("%s/%s: %s; the causal score uses the weights' fp32 calibration "
+                        "(run `vad calibrate-backends` to measure this backend's)", backend, precision, why)
+    chosen = calibration.threshold if threshold is None else threshold
+    return ModelRuntime(weights, reconstructor, resolved, backend, precision, float(chosen), calibration, source)
 
 
 @dataclass(eq=False)

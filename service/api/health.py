@@ -37,5 +37,6 @@ async def readyz(context: Context, response: Response) -> ReadyOut:
         backend=rt.backend if rt else None,
         precision=rt.precision if rt else None,
         threshold=rt.threshold if rt else None,
+        calibration=rt.calibration_source if rt else None,
         config=json.loads(rt.config.to_json()) if rt else None,
     )

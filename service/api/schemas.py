@@ -40,7 +40,9 @@ class FrameResultOut(BaseModel):
     frame_index: int = Field(description="0-based index of the frame in its stream")
     status: Literal["warming", "scored", "dropped"]
     score: float | None = Field(None, description="raw patch score (max window mean of the squared error)")
-    normalized_score: float | None = Field(None, description="causal z-score from the weights' calibration")
+    normalized_score: float | None = Field(
+        None, description="causal z-score: log score normalised by the backend's calibration"
+    )
     smoothed_score: float | None = Field(
         None, description="trailing mean of the stream's last 5 normalised scores; is_anomaly compares it"
     )
@@ -116,4 +118,7 @@ class ReadyOut(BaseModel):
     backend: str | None = None
     precision: str | None = None
     threshold: float | None = None
+    calibration: str | None = Field(
+        None, description="where the causal z-score's statistics come from: 'weights', or this backend's record"
+    )
     config: dict[str, Any] | None = None

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
+import torch
 
+from model.data import FrameSet, list_videos
 from model.runtimes import weights_digest
-from model.weights import load_weights
+from model.train import patch_scores_of
+from model.weights import Calibration, load_weights
 from service import backend_select
 from service.backend_select import RECORD_FORMAT, calibrate_backends, choose, machine_fingerprint, record_path
 from service.infer import load_runtime
@@ -101,9 +105,19 @@ def test_calibrate_backends_writes_the_record_auto_reads(tiny_weights: Path, syn
     )
     assert path == record_path(content["weights_sha256"], "cpu") and path.is_file()
     assert [(e["backend"], e["precision"]) for e in content["entries"]] == [("torch", "fp32"), ("onnxruntime", "fp32")]
+    # Each backend is calibrated as training calibrates: the held-out (here: last) training video.
+    model = load_weights(tiny_weights).model
+    train_dir = synthetic_root / "training"
+    as_trained = Calibration.from_scores(
+        patch_scores_of(model, FrameSet.load(train_dir, model.config, list_videos(train_dir)[-1:]))
+    )
     for e in content["entries"]:
         assert e["fps"] > 0 and e["passed"], e
         assert e["parity"]["spearman"] > 0.999 and e["parity"]["auc_delta"] == pytest.approx(0, abs=1e-6)
+        own = Calibration(**e["calibration"])
+        assert own.count == as_trained.count
+        assert own.log_mean == pytest.approx(as_trained.log_mean, abs=1e-4)
+        assert own.log_std == pytest.approx(as_trained.log_std, rel=1e-3)
     assert json.loads(path.read_text())["entries"] == json.loads(json.dumps(content["entries"]))
     best, _ = choose(json.loads(path.read_text()), "cpu")
     assert best is not None and best["fps"] == max(e["fps"] for e in content["entries"])
@@ -113,6 +127,41 @@ def test_parity_fails_on_reordered_or_shifted_scores() -> None:
     rng = np.random.default_rng(0)
     reference = rng.uniform(0.01, 0.1, 200)
     labels = (np.arange(200) >= 150).astype(np.int64)
-    assert backend_select.parity(reference * 1.01, reference, 0.3, labels)["failed"] == []
-    assert any("spearman" in f for f in backend_select.parity(rng.permutation(reference), reference, 0.3, None)["failed"])
-    assert any("z shift" in f for f in backend_select.parity(reference * 1.5, reference, 0.3, None)["failed"])
+    cal = Calibration(log_mean=-3.0, log_std=0.3)
+    assert backend_select.parity(reference * 1.01, reference, cal, labels)["failed"] == []
+    assert any("spearman" in f for f in backend_select.parity(rng.permutation(reference), reference, cal, None)["failed"])
+    assert any("z shift" in f for f in backend_select.parity(reference * 1.5, reference, cal, None)["failed"])
+
+
+def test_a_backend_s_own_calibration_absorbs_a_uniform_bias_but_not_noise() -> None:
+    """A quantised backend that scores every clip 1.5x higher keeps the ranking; calibrated on its own
+    held-out scores, its z-scores match the reference's and it passes. Noise is not calibrated away."""
+    rng = np.random.default_rng(1)
+    held_out = torch.from_numpy(rng.uniform(0.01, 0.05, 180))
+    reference = rng.uniform(0.01, 0.1, 200)
+    ref_cal = Calibration.from_scores(held_out)
+    biased_cal = Calibration.from_scores(held_out * 1.5)
+    assert biased_cal.threshold == pytest.approx(ref_cal.threshold, abs=1e-3)
+    result = backend_select.parity(reference * 1.5, reference, ref_cal, None, biased_cal)
+    assert result["failed"] == [] and result["p95_abs_z_shift"] < 1e-6 and result["calibration"] == "own"
+    noisy = reference * rng.lognormal(0, 0.2, 200)
+    assert any("z shift" in f for f in backend_select.parity(noisy, reference, ref_cal, None, ref_cal)["failed"])
+
+
+def test_a_runtime_uses_its_backend_s_calibration_from_the_record(
+    tiny_weights: Path, cache: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    weights = load_weights(tiny_weights)
+    own = Calibration(count=9, log_mean=weights.calibration.log_mean + 0.7, log_std=0.25, threshold=4.25)
+    path = write_record(tiny_weights, cache, record(
+        entry("torch", "fp32", 10.0), entry("onnxruntime", "fp32", 20.0, calibration=asdict(own)),
+    ))
+    runtime = load_runtime(tiny_weights, "cpu", "onnxruntime", "fp32", None)
+    assert runtime.calibration == own and runtime.threshold == 4.25 and str(path) in runtime.calibration_source
+    assert load_runtime(tiny_weights, "cpu", "onnxruntime", "fp32", 2.5).threshold == 2.5  # explicit wins
+    reference = load_runtime(tiny_weights, "cpu", "torch", "fp32", None)
+    assert reference.calibration == weights.calibration and reference.calibration_source == "weights"
+    path.unlink()
+    caplog.set_level(logging.WARNING, logger="vad.infer")
+    fallback = load_runtime(tiny_weights, "cpu", "onnxruntime", "fp32", None)
+    assert fallback.calibration == weights.calibration and "vad calibrate-backends" in caplog.text

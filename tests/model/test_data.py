@@ -6,10 +6,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from model.data import (
     DatasetError,
     FrameSet,
+    TensorClips,
     Video,
     file_list_hash,
     list_videos,
@@ -247,3 +249,14 @@ def test_video_that_cannot_be_opened(tmp_path: Path) -> None:
     with pytest.raises(DatasetError) as info:
         Video("broken", video_path=path).read(TINY)
     assert str(path) in str(info.value)
+
+
+def test_tensor_clips_gather_exactly_what_frameset_clips_build(synthetic_root: Path) -> None:
+    """The trainer's on-device gather and the numpy clip builder give bit-identical clips."""
+    train_dir = synthetic_root / "training"
+    frames = FrameSet.load(train_dir, TINY, list_videos(train_dir))
+    index = frames.clip_index(TINY.frames)
+    rows = index[np.random.default_rng(0).permutation(len(index))[:12]]
+    gathered = TensorClips(frames, TINY.frames).clips(rows)
+    assert gathered.dtype == torch.float32
+    assert torch.equal(gathered, torch.from_numpy(frames.clips(rows, TINY.frames)))

@@ -175,3 +175,29 @@ def test_training_on_a_missing_dataset(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="no such dataset folder") as info:
         train(tiny_train_config(tmp_path / "absent", tmp_path))
     assert str(tmp_path / "absent") in str(info.value)
+
+
+def test_time_budget_plans_fewer_epochs_and_anneals_to_the_planned_end(synthetic_root: Path, tmp_path: Path) -> None:
+    """With a budget, the epoch count is re-planned after every epoch from the slowest recent one;
+    the closed-form cosine then follows the new total, so the last epoch still ends at lr 0."""
+    cfg = tiny_train_config(synthetic_root, tmp_path, epochs=50, time_budget_s=1e-3)
+    state = train(cfg)
+    assert state.epoch == 1  # the budget is spent by the first epoch: stop there, weights written
+    assert load_weights(cfg.output).training["train_config"]["time_budget_s"] == 1e-3
+
+    planned = TrainState(epoch=2, history=[{"seconds": 1.0}, {"seconds": 3.0}])
+    assert train_module.plan_epochs(tiny_train_config(synthetic_root, tmp_path, epochs=50, time_budget_s=20.0),
+                                    planned, 6.0) == 2 + 4  # (20 - 6) // 3
+    assert train_module.plan_epochs(tiny_train_config(synthetic_root, tmp_path, epochs=3, time_budget_s=1e6),
+                                    planned, 6.0) == 3  # never more than asked for
+    assert train_module.plan_epochs(tiny_train_config(synthetic_root, tmp_path, epochs=50), planned, 6.0) == 50
+
+
+def test_training_options_are_checked(synthetic_root: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="bf16 training is for CUDA"):
+        tiny_train_config(synthetic_root, tmp_path, precision="bf16")
+    with pytest.raises(ValueError, match="fp32 or bf16"):
+        tiny_train_config(synthetic_root, tmp_path, precision="int8")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="sees no CUDA GPU"):
+            tiny_train_config(synthetic_root, tmp_path, device="cuda")

@@ -17,6 +17,7 @@ from model.weights import (
     load_weights,
     read_metadata,
     save_weights,
+    store_as,
 )
 from tests.conftest import TINY
 
@@ -165,3 +166,21 @@ def test_invalid_calibration_metadata(tmp_path: Path) -> None:
     with pytest.raises(WeightsError, match="invalid metadata") as info:
         load_weights(path)
     assert str(path) in str(info.value)
+
+
+def test_fp16_storage_halves_the_file_and_loads_as_fp32(tmp_path: Path) -> None:
+    model, path = saved(tmp_path / "w.safetensors", config=TINY.with_(base_width=16))
+    half = tmp_path / "w.fp16.safetensors"
+    store_as(path, half)
+    assert half.stat().st_size < 0.55 * path.stat().st_size
+    assert read_metadata(half)["storage_dtype"] == "float16"
+    assert read_metadata(half)["config"] == read_metadata(path)["config"]
+    loaded = load_weights(half)
+    assert all(p.dtype == torch.float32 for p in loaded.model.parameters())
+    assert loaded.center is not None and loaded.center.dtype == torch.float32
+    for name, value in model.state_dict().items():
+        got = loaded.model.state_dict()[name]
+        if value.is_floating_point():
+            torch.testing.assert_close(got, value, rtol=1e-3, atol=1e-4, msg=name)
+        else:
+            assert torch.equal(got, value), name

@@ -13,15 +13,18 @@ ones. Without a usable record (none, another machine, other weights) it runs tor
 how to make one. A record describes one machine: its CPU and instruction sets are stored and checked.
 
 Parity, against torch fp32 on the same clips (`PARITY_*` below), all of:
-  - Spearman rank correlation of the raw patch scores >= PARITY_MIN_SPEARMAN: the ranking, which
-    is all the paper protocol's AUC depends on, is kept;
-  - 95th percentile of |z - z_fp32| <= PARITY_MAX_Z_SHIFT, z = (log score - mu) / sigma: the
-    causal score the threshold applies to moves by less than that. Each backend's z uses its own
-    calibration, measured here as training did (the held-out normal training videos named in the
-    weights, scored by that backend), so a uniform bias of a quantised backend is calibrated away
-    rather than shifting the threshold (torch fp32, measured the same way, is the reference; it
-    serves with the weights' calibration, which training measured identically);
-  - |AUC - AUC_fp32| <= PARITY_MAX_AUC_DELTA on the parity clips, when the dataset has labels.
+  - |AUC - AUC_fp32| <= PARITY_MAX_AUC_DELTA on the parity clips, when the dataset has labels
+    (the detection quality; README's parity table gives the same on the whole test set);
+  - alarm decisions agree: on at most PARITY_MAX_DECISION_FLIPS of the clips does
+    "z >= threshold" differ from torch fp32's, z = (log score - mu) / sigma. Each backend uses its
+    own calibration and threshold, measured here as training did (the held-out normal training
+    videos named in the weights, scored by that backend), so a uniform bias of a quantised backend
+    is calibrated away (torch fp32, measured the same way, is the reference; it serves with the
+    weights' calibration, which training measured identically). The size of |z - z_fp32| itself
+    is recorded but decides nothing: the calibration's sigma is small, so z of clearly anomalous
+    clips (z of 10 to 30) differs by several units between backends without changing any alarm;
+  - Spearman rank correlation of the raw patch scores >= PARITY_MIN_SPEARMAN: a broken backend
+    fails this also on a dataset without labels.
 """
 
 from __future__ import annotations
@@ -40,8 +43,8 @@ import numpy as np
 import torch
 
 RECORD_FORMAT = "vad-backend-record/1"
-PARITY_MIN_SPEARMAN = 0.99
-PARITY_MAX_Z_SHIFT = 0.25
+PARITY_MIN_SPEARMAN = 0.98
+PARITY_MAX_DECISION_FLIPS = 0.02
 PARITY_MAX_AUC_DELTA = 0.005
 DEFAULT_PARITY_CLIPS = 240
 REFERENCE = ("torch", "fp32")
@@ -227,11 +230,17 @@ def parity(
     def z(x: np.ndarray, c: Any) -> np.ndarray:
         return (np.log(x) - c.log_mean) / max(c.log_std, 1e-12)
 
-    z_shift = np.abs(z(s, own) - z(r, reference_calibration))
+    z_own, z_reference = z(s, own), z(r, reference_calibration)
+    z_shift = np.abs(z_own - z_reference)
+    flips = (z_own >= own.threshold) != (z_reference >= reference_calibration.threshold)
     out: dict[str, Any] = {
         "clips": len(s),
         "calibration": "own" if calibration is not None else "reference's",
         "spearman": spearman(s, r),
+        "decision_flips": float(flips.mean()),
+        "alarm_rate": float((z_own >= own.threshold).mean()),
+        "alarm_rate_reference": float((z_reference >= reference_calibration.threshold).mean()),
+        "p50_abs_z_shift": float(np.median(z_shift)),
         "p95_abs_z_shift": float(np.percentile(z_shift, 95)),
         "max_rel_error": float(rel.max()),
         "median_rel_error": float(np.median(rel)),
@@ -242,8 +251,8 @@ def parity(
     failed = []
     if not out["spearman"] >= PARITY_MIN_SPEARMAN:  # NaN fails too
         failed.append(f"spearman {out['spearman']:.4f} < {PARITY_MIN_SPEARMAN}")
-    if out["p95_abs_z_shift"] > PARITY_MAX_Z_SHIFT:
-        failed.append(f"p95 |z shift| {out['p95_abs_z_shift']:.3f} > {PARITY_MAX_Z_SHIFT}")
+    if out["decision_flips"] > PARITY_MAX_DECISION_FLIPS:
+        failed.append(f"alarm decision differs on {out['decision_flips']:.1%} of clips > {PARITY_MAX_DECISION_FLIPS:.0%}")
     if labels is not None and 0 < labels.sum() < len(labels):
         out["auc"], out["auc_reference"] = roc_auc(labels, s), roc_auc(labels, r)
         out["auc_delta"] = out["auc"] - out["auc_reference"]
@@ -364,7 +373,7 @@ def calibrate_backends(
         entries.append(entry)
         p = entry["parity"]
         say(f"  {backend:<11} {precision:<4} {entry['fps']:7.2f} fps (batch 4: {entry['fps_batch4']:.2f}); "
-            f"spearman {p['spearman']:.4f}, p95 |dz| {p['p95_abs_z_shift']:.3f}"
+            f"spearman {p['spearman']:.4f}, decisions differ {p['decision_flips']:.1%}"
             + (f", AUC delta {p['auc_delta']:+.4f}" if p["auc_delta"] is not None else "")
             + ("  PASS" if entry["passed"] else f"  FAIL ({'; '.join(p['failed'])})")
             + (f"  [runs as {entry['effective_precision']}]" if entry["effective_precision"] != precision else ""))
@@ -383,7 +392,7 @@ def calibrate_backends(
         "criteria": {
             "reference": "/".join(REFERENCE),
             "min_spearman": PARITY_MIN_SPEARMAN,
-            "max_p95_abs_z_shift": PARITY_MAX_Z_SHIFT,
+            "max_decision_flips": PARITY_MAX_DECISION_FLIPS,
             "max_abs_auc_delta": PARITY_MAX_AUC_DELTA,
             "selection": "highest batch-1 fps among passing entries",
         },

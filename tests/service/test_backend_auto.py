@@ -130,7 +130,7 @@ def test_parity_fails_on_reordered_or_shifted_scores() -> None:
     cal = Calibration(log_mean=-3.0, log_std=0.3)
     assert backend_select.parity(reference * 1.01, reference, cal, labels)["failed"] == []
     assert any("spearman" in f for f in backend_select.parity(rng.permutation(reference), reference, cal, None)["failed"])
-    assert any("z shift" in f for f in backend_select.parity(reference * 1.5, reference, cal, None)["failed"])
+    assert any("alarm decision" in f for f in backend_select.parity(reference * 1.5, reference, cal, None)["failed"])
 
 
 def test_a_backend_s_own_calibration_absorbs_a_uniform_bias_but_not_noise() -> None:
@@ -144,8 +144,9 @@ def test_a_backend_s_own_calibration_absorbs_a_uniform_bias_but_not_noise() -> N
     assert biased_cal.threshold == pytest.approx(ref_cal.threshold, abs=1e-3)
     result = backend_select.parity(reference * 1.5, reference, ref_cal, None, biased_cal)
     assert result["failed"] == [] and result["p95_abs_z_shift"] < 1e-6 and result["calibration"] == "own"
-    noisy = reference * rng.lognormal(0, 0.2, 200)
-    assert any("z shift" in f for f in backend_select.parity(noisy, reference, ref_cal, None, ref_cal)["failed"])
+    assert result["decision_flips"] == 0 and result["alarm_rate"] == result["alarm_rate_reference"] > 0
+    noisy = backend_select.parity(reference * rng.lognormal(0, 0.3, 200), reference, ref_cal, None, ref_cal)
+    assert noisy["decision_flips"] > 0.02 and any("alarm decision" in f for f in noisy["failed"])
 
 
 def test_a_runtime_uses_its_backend_s_calibration_from_the_record(

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .card import write_training_card
+from .card import card_path, write_training_card
 from .data import FrameSet, TensorClips, file_list_hash, list_videos, split_folder
 from .erasure import ErasureMaskCollector, apply_erasure
 from .losses import (
@@ -318,3 +318,48 @@ def train(cfg: TrainConfig, on_epoch: Callable[[TrainState], None] | None = None
     save_weights(cfg.output, model.cpu(), state.center, state.radius, calibration, training)
     write_training_card(cfg.output, mcfg.to_json(), training, asdict(calibration))
     return state
+
+
+def recalibrate(
+    weights_path: Path, data: Path, output: Path, patch_size: int | None = None,
+    patch_stride: int | None = None, note: str = "",
+) -> tuple[Calibration, Calibration]:
+    """Rewrite a weights file with another score window and a calibration measured as training does.
+
+    The window is a scoring choice, not a trained parameter: the tensors are copied unchanged; the
+    held-out calibration videos named in the file (read from `data`'s training split) are scored
+    again with the new window. Returns (old, new) calibrations. The change is recorded in the
+    training metadata (`rescored`).
+    """
+    from .weights import load_weights
+
+    loaded = load_weights(weights_path)
+    old_cfg = loaded.config
+    changes = {k: v for k, v in (("patch_size", patch_size), ("patch_stride", patch_stride)) if v is not None}
+    new_cfg = old_cfg.with_(**changes)
+    training_dir = split_folder(Path(data), "training")
+    videos = list_videos(training_dir)
+    names = [str(n) for n in loaded.training.get("calibration_videos") or []]
+    held = [v for v in videos if v.name in names] if names else videos[-1:]
+    if not held:
+        raise TrainError(f"{training_dir}: none of the calibration videos {names} of {weights_path} is there")
+    model = DESDnet(new_cfg).to(memory_format=torch.channels_last)  # as training scored it
+    model.load_state_dict(loaded.model.state_dict())
+    calibration = Calibration.from_scores(patch_scores_of(model, FrameSet.load(training_dir, new_cfg, held)))
+    training = dict(loaded.training)
+    history = list(training.get("rescored", []))
+    history.append({
+        "from": {"patch_size": old_cfg.patch_size, "patch_stride": old_cfg.patch_stride},
+        "to": {"patch_size": new_cfg.patch_size, "patch_stride": new_cfg.patch_stride},
+        "calibration_videos": [v.name for v in held],
+        "file_list_sha256": file_list_hash(videos),
+        "note": note,
+    })
+    training["rescored"] = history
+    old_card = card_path(Path(weights_path))
+    notes = json.loads(old_card.read_text()).get("notes", []) if old_card.is_file() else []
+    save_weights(Path(output), model, loaded.center, loaded.radius, calibration, training)
+    card = write_training_card(Path(output), new_cfg.to_json(), training, asdict(calibration))
+    if notes:  # hand-written notes survive; evaluation results do not (they were for the old window)
+        card.write_text(json.dumps({**json.loads(card.read_text()), "notes": notes}, indent=2) + "\n")
+    return loaded.calibration, calibration

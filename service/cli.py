@@ -109,6 +109,17 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         print(format_report(report))
 
 
+def cmd_recalibrate(args: argparse.Namespace) -> None:
+    from model.train import recalibrate
+
+    output = Path(args.output or args.weights)
+    old, new = recalibrate(Path(args.weights), Path(args.data), output, args.patch_size, args.patch_stride,
+                           args.note or "")
+    print(f"wrote {output}: log-score mean {old.log_mean:.4f} -> {new.log_mean:.4f}, "
+          f"sigma {old.log_std:.4f} -> {new.log_std:.4f}, threshold {old.threshold:g} -> {new.threshold:g}")
+    print(f"re-run `vad evaluate --weights {output} --data {args.data} --update-card` for its card's figures")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vad", description="DESDnet video anomaly detection")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -161,6 +172,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="merge the results into the model card beside the weights (.json and .md)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "recalibrate",
+        help="change a weights file's score window and measure its calibration again (no training)",
+    )
+    p.add_argument("--weights", required=True)
+    p.add_argument("--data", required=True, help="dataset root holding the training/ videos held out for calibration")
+    p.add_argument("--patch-size", type=int, help="score window side in model pixels")
+    p.add_argument("--patch-stride", type=int, help="score window stride in model pixels")
+    p.add_argument("--output", help="weights file to write (default: overwrite --weights)")
+    p.add_argument("--note", help="why, recorded in the weights' metadata and card")
+    p.set_defaults(func=cmd_recalibrate)
 
     _add_service_commands(sub)
     return parser

@@ -201,3 +201,26 @@ def test_training_options_are_checked(synthetic_root: Path, tmp_path: Path) -> N
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="sees no CUDA GPU"):
             tiny_train_config(synthetic_root, tmp_path, device="cuda")
+
+
+def test_recalibrate_changes_only_the_score_window_and_its_calibration(trained: TrainedRun, tmp_path: Path) -> None:
+    same = tmp_path / "same.safetensors"
+    train_module.recalibrate(trained.weights, trained.data, same)
+    original, again = load_weights(trained.weights), load_weights(same)
+    # Same window: the calibration training measured is measured again, to the last digit.
+    assert again.calibration == original.calibration
+
+    wider = tmp_path / "wider.safetensors"
+    old, new = train_module.recalibrate(trained.weights, trained.data, wider, patch_size=8, patch_stride=4,
+                                        note="a test")
+    rescored = load_weights(wider)
+    assert rescored.config == trained.config.with_(patch_size=8, patch_stride=4)
+    assert old == original.calibration and new == rescored.calibration != original.calibration
+    a, b = load_file(str(trained.weights)), load_file(str(wider))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    (entry,) = rescored.training["rescored"]
+    assert entry["from"] == {"patch_size": trained.config.patch_size, "patch_stride": trained.config.patch_stride}
+    assert entry["to"] == {"patch_size": 8, "patch_stride": 4} and entry["note"] == "a test"
+    assert rescored.training["epochs"] == original.training["epochs"]
+    with pytest.raises(ValueError, match="patch_size must lie"):
+        train_module.recalibrate(trained.weights, trained.data, tmp_path / "x.safetensors", patch_size=999)

@@ -76,8 +76,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
         )
     app = create_app(settings)
     server = ServiceServer(
+        # Score messages are a few hundred bytes of JSON: compressing each costs more CPU than
+        # it saves on the wire, on the cores the model needs.
         uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                       timeout_graceful_shutdown=10),
+                       timeout_graceful_shutdown=10, ws_per_message_deflate=False),
         app,
     )
 

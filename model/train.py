@@ -133,7 +133,13 @@ def load_checkpoint(path: Path, model: DESDnet, optimizer: torch.optim.Optimizer
         raise TrainError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
     if not isinstance(payload, dict) or "config" not in payload:
         raise TrainError(f"{path}: not a DESDnet training checkpoint")
-    if payload["config"] != cfg.model.to_json():
+    try:
+        saved = DESDnetConfig.from_json(payload["config"])
+    except (ValueError, TypeError) as exc:
+        raise TrainError(f"{path}: invalid configuration in the checkpoint ({exc})") from exc
+    # The score window does not enter training: a run may resume under another one.
+    window = {"patch_size": cfg.model.patch_size, "patch_stride": cfg.model.patch_stride}
+    if saved.with_(**window) != cfg.model:
         raise TrainError(f"{path}: checkpoint is for another configuration: {payload['config']}")
     try:
         model.load_state_dict(payload["model"])

@@ -224,3 +224,13 @@ def test_recalibrate_changes_only_the_score_window_and_its_calibration(trained: 
     assert rescored.training["epochs"] == original.training["epochs"]
     with pytest.raises(ValueError, match="patch_size must lie"):
         train_module.recalibrate(trained.weights, trained.data, tmp_path / "x.safetensors", patch_size=999)
+
+
+def test_a_run_resumes_under_another_score_window(synthetic_root: Path, tmp_path: Path) -> None:
+    """The score window does not enter training: a checkpoint resumes with another one, and the
+    weights carry (and are calibrated with) the window of the resumed run."""
+    train(tiny_train_config(synthetic_root, tmp_path, epochs=1, max_clips_per_epoch=4))
+    wider = TINY.with_(patch_size=8, patch_stride=4)
+    cfg = tiny_train_config(synthetic_root, tmp_path, epochs=2, max_clips_per_epoch=4, resume=True, model=wider)
+    assert train(cfg).epoch == 2
+    assert load_weights(cfg.output).config == wider

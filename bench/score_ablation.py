@@ -25,12 +25,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.data import FrameSet, list_videos, load_labels, split_folder  # noqa: E402
+from model.data import FrameSet, held_out_videos, list_videos, load_labels, split_folder  # noqa: E402
 from model.evaluate import (  # noqa: E402
     CAUSAL_WINDOW,
     PAPER_SIGMA,
     causal_protocol,
-    gaussian_smooth,
+    paper_protocol,
     protocol_metrics,
 )
 from model.inference import TorchReconstructor  # noqa: E402
@@ -57,15 +57,6 @@ def scores_of(maps: list[torch.Tensor], size: int, stride: int) -> list[np.ndarr
     return [patch_score(m, size, stride).score.double().numpy() for m in maps]
 
 
-def paper(scores: list[np.ndarray], sigma: float) -> list[np.ndarray]:
-    def one(s: np.ndarray) -> np.ndarray:
-        lo, hi = s.min(), s.max()
-        normed = (s - lo) / (hi - lo) if hi > lo else np.zeros_like(s)
-        return gaussian_smooth(normed, sigma) if sigma > 0 else normed
-
-    return [one(s) for s in scores]
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--weights", type=Path, required=True)
@@ -85,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     test = FrameSet.load(test_dir, cfg, videos)
     labels = [y[cfg.frames - 1 :] for y in load_labels(args.data, videos, [len(f) for f in test.frames])]
     train_dir = split_folder(args.data, "training")
-    held = [v for v in list_videos(train_dir) if v.name in w.training.get("calibration_videos", [])]
+    held = held_out_videos(list_videos(train_dir), w.training)
     calib = FrameSet.load(train_dir, cfg, held)
     test_maps, calib_maps = error_maps(recon, test), error_maps(recon, calib)
     print(f"reconstructed {sum(len(m) for m in test_maps)} test and {sum(len(m) for m in calib_maps)} "
@@ -98,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     def add(kind: str, size: int, stride: int, sigma: float, window: int) -> None:
         test_scores = scores_of(test_maps, size, stride)
         calibration = Calibration.from_scores(torch.from_numpy(np.concatenate(scores_of(calib_maps, size, stride))))
-        paper_m = protocol_metrics(paper(test_scores, sigma), labels)
+        paper_m = protocol_metrics([paper_protocol(x, sigma) for x in test_scores], labels)
         causal_m = protocol_metrics([causal_protocol(x, calibration, window) for x in test_scores], labels)
         shipped = (size, stride, sigma, window) == (cfg.patch_size, cfg.patch_stride, PAPER_SIGMA, CAUSAL_WINDOW)
         rows.append({

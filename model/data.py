@@ -149,6 +149,17 @@ def list_videos(split_dir: Path) -> list[Video]:
     return videos
 
 
+def held_out_videos(videos: list[Video], training: dict[str, object]) -> list[Video]:
+    """The held-out calibration videos named in a weights file's training metadata, among `videos`
+    (the last video when the file names none, as `vad train` holds out by default)."""
+    names = [str(n) for n in training.get("calibration_videos") or []]  # type: ignore[attr-defined]
+    held = [v for v in videos if v.name in names] if names else videos[-1:]
+    if not held:
+        folder = videos[0].source.parent if videos else "training split"
+        raise DatasetError(f"{folder}: none of the calibration videos {names} named in the weights is there")
+    return held
+
+
 def file_list_hash(videos: list[Video]) -> str:
     """sha256 over the relative file names: pins which files a model was trained on."""
     digest = hashlib.sha256()

@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from .card import card_path, write_training_card
-from .data import FrameSet, TensorClips, file_list_hash, list_videos, split_folder
+from .data import FrameSet, TensorClips, file_list_hash, held_out_videos, list_videos, split_folder
 from .erasure import ErasureMaskCollector, apply_erasure
 from .losses import (
     intensity_loss,
@@ -345,10 +345,7 @@ def recalibrate(
     new_cfg = old_cfg.with_(**changes)
     training_dir = split_folder(Path(data), "training")
     videos = list_videos(training_dir)
-    names = [str(n) for n in loaded.training.get("calibration_videos") or []]
-    held = [v for v in videos if v.name in names] if names else videos[-1:]
-    if not held:
-        raise TrainError(f"{training_dir}: none of the calibration videos {names} of {weights_path} is there")
+    held = held_out_videos(videos, loaded.training)
     model = DESDnet(new_cfg).to(memory_format=torch.channels_last)  # as training scored it
     model.load_state_dict(loaded.model.state_dict())
     calibration = Calibration.from_scores(patch_scores_of(model, FrameSet.load(training_dir, new_cfg, held)))

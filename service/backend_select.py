@@ -91,17 +91,25 @@ class Choice:
     record: Path | None = None
 
 
-def choose(record: dict[str, Any], device: str) -> tuple[dict[str, Any] | None, str]:
-    """The fastest usable passing entry of a loaded record (None and why not when there is none)."""
+def record_mismatch(record: dict[str, Any], device: str) -> str | None:
+    """Why a loaded record does not describe this machine and device (None when it does)."""
     if record.get("format") != RECORD_FORMAT:
-        return None, f"unknown record format {record.get('format')!r}"
+        return f"unknown record format {record.get('format')!r}"
     if record.get("device") != device:
-        return None, f"the record is for device {record.get('device')!r}, not {device!r}"
+        return f"the record is for device {record.get('device')!r}, not {device!r}"
     here = machine_fingerprint()
     there = record.get("machine", {})
     differs = [k for k in here if there.get(k) != here[k]]
     if differs:
-        return None, f"the record was made on another machine ({', '.join(differs)} differ)"
+        return f"the record was made on another machine ({', '.join(differs)} differ)"
+    return None
+
+
+def choose(record: dict[str, Any], device: str) -> tuple[dict[str, Any] | None, str]:
+    """The fastest usable passing entry of a loaded record (None and why not when there is none)."""
+    mismatch = record_mismatch(record, device)
+    if mismatch is not None:
+        return None, mismatch
     usable = []
     for entry in record.get("entries", []):
         if entry.get("error") or not entry.get("passed") or not entry.get("fps"):
@@ -159,10 +167,9 @@ def backend_calibration(model: Any, backend: str, precision: str, device: str,
         return None, f"no backend record at {path}"
     except (OSError, json.JSONDecodeError) as exc:
         return None, f"backend record {path} is unreadable ({exc})"
-    if record.get("format") != RECORD_FORMAT or record.get("device") != device:
-        return None, f"backend record {path} is for another format or device"
-    if record.get("machine") != machine_fingerprint():
-        return None, f"backend record {path} was made on another machine"
+    mismatch = record_mismatch(record, device)
+    if mismatch is not None:
+        return None, f"{path}: {mismatch}"
     for entry in record.get("entries", []):
         if (entry.get("backend"), entry.get("precision")) == (backend, precision) and entry.get("calibration"):
             if entry.get("versions") and entry["versions"] != _versions(backend, precision):
@@ -282,14 +289,10 @@ def parity_clips(data: Path, config: Any, count: int) -> tuple[np.ndarray, np.nd
 def calibration_clips(data: Path, config: Any, training: dict[str, Any]) -> tuple[torch.Tensor, str]:
     """The clips training calibrated on: the held-out normal videos its metadata names, read from
     `data`'s training split (the last training video when the weights name none)."""
-    from model.data import DatasetError, FrameSet, list_videos, split_folder
+    from model.data import FrameSet, held_out_videos, list_videos, split_folder
 
     train_dir = split_folder(Path(data), "training")
-    videos = list_videos(train_dir)
-    wanted = [str(v) for v in training.get("calibration_videos") or []]
-    chosen = [v for v in videos if v.name in wanted] if wanted else videos[-1:]
-    if not chosen:
-        raise DatasetError(f"{train_dir}: none of the calibration videos {wanted} of the weights is there")
+    chosen = held_out_videos(list_videos(train_dir), training)
     frames = FrameSet.load(train_dir, config, chosen)
     index = frames.clip_index(config.frames)
     names = ", ".join(v.name for v in chosen)

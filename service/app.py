@@ -10,7 +10,7 @@ from typing import Literal
 import uvicorn
 from fastapi import FastAPI
 
-from .api import errors, frames, health, metrics, score, streams, ws
+from .api import errors, frames, health, ingest, metrics, score, streams, ws
 from .api.schemas import FrameResultOut
 from .context import ServiceContext
 from .domain import FrameResult
@@ -51,7 +51,7 @@ def create_app(settings: Settings, source_factory: SourceFactory | None | Litera
         lifespan=lifespan,
     )
     errors.install(app)
-    for module in (streams, frames, score, ws, health, metrics):
+    for module in (streams, frames, ingest, score, ws, health, metrics):
         app.include_router(module.router)
     return app
 

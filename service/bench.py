@@ -25,6 +25,7 @@ import platform
 import statistics
 import time
 import warnings
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -58,6 +59,7 @@ class ModelBenchOptions:
     streams: tuple[int, ...] = (1, 2, 4)
     e2e_seconds: float | None = None  # None: `seconds`
     e2e_fps: float | None = None  # per stream; None: closed loop
+    e2e_transports: tuple[str, ...] = ("http", "websocket")  # how (b) pushes frames (see bench_end_to_end)
     e2e_backend: str = "fastest"  # a backend, "auto" (the service's choice) or "fastest" (fastest (a) row, batch 1)
     e2e_precision: str = "fp32"  # with an explicit backend
     frames: Path | None = None  # frames for (b): dataset root or frame folders; None: `data`, else synthetic
@@ -253,6 +255,8 @@ def bench_model(
 
 E2E_READY_TIMEOUT_S = 180.0  # int8 artefacts may be built at server start when not cached
 E2E_MAX_IN_FLIGHT = 16  # fixed-fps mode: most requests of one stream under way at once
+E2E_WS_WINDOW = 2  # websocket transport: frames of one stream under way (the server's default window)
+E2E_TRANSPORTS = ("http", "websocket")
 
 
 def load_stream_frames(source: Path | None, streams: int, limit: int = 400) -> tuple[list[list[bytes]], str]:
@@ -334,7 +338,8 @@ def _percentiles(values: list[float]) -> dict[str, float | None]:
 
 
 async def _run_streams(
-    url: str, videos: list[list[bytes]], seconds: float, fps_per_stream: float | None, headers: dict[str, str]
+    url: str, videos: list[list[bytes]], seconds: float, fps_per_stream: float | None, headers: dict[str, str],
+    transport: str = "http", window: int = E2E_WS_WINDOW,
 ) -> dict[str, Any]:
     import asyncio
 
@@ -350,6 +355,7 @@ async def _run_streams(
     ids: list[str] = []
     received = [0] * n
     sockets: list[Any] = []
+    ingest: list[Any] = []  # websocket transport: one /ingest connection per stream
     readers: list[asyncio.Task[None]] = []
     # per stream: (sent_at, answered_at, status, server latency ms) of timed frames
     records: list[list[tuple[float, float, str, float | None]]] = [[] for _ in range(n)]
@@ -358,27 +364,50 @@ async def _run_streams(
     skipped = [0] * n
     cursor = [0] * n
 
-    async def push(i: int, timed: bool) -> str:
+    def next_frame(i: int) -> bytes:
         frames = videos[i]
-        data = frames[cursor[i] % len(frames)]
         cursor[i] += 1
+        return frames[(cursor[i] - 1) % len(frames)]
+
+    def answered(i: int, body: dict[str, Any], sent: float, timed: bool) -> str:
+        status = str(body.get("status", "?"))
+        if status not in ("scored", "warming", "dropped"):
+            errors[i] += 1
+            return "error"
+        if status == "scored":
+            scored_all[i] += 1
+        if timed:
+            records[i].append((sent, time.perf_counter(), status, body.get("latency_ms")))
+        return status
+
+    async def push(i: int, timed: bool) -> str:
+        data = next_frame(i)
         sent = time.perf_counter()
+        if transport == "websocket":  # one frame under way (warm-up)
+            await ingest[i].send(data)
+            return answered(i, json.loads(await ingest[i].recv()), sent, timed)
         try:
             r = await clients[i].post(f"/v1/streams/{ids[i]}/frames", content=data, headers=jpeg)
         except httpx.HTTPError:
             errors[i] += 1
             return "error"
-        done = time.perf_counter()
         if r.status_code != 200:
             errors[i] += 1
             return "error"
-        body = r.json()
-        status = body.get("status", "?")
-        if status == "scored":
-            scored_all[i] += 1
-        if timed:
-            records[i].append((sent, done, status, body.get("latency_ms")))
-        return status
+        return answered(i, r.json(), sent, timed)
+
+    async def pipelined(i: int) -> None:
+        """websocket transport: keep `window` frames under way until the deadline, then drain."""
+        under_way: deque[float] = deque()
+        while True:
+            while len(under_way) < window and time.perf_counter() < deadline:
+                data = next_frame(i)
+                under_way.append(time.perf_counter())
+                await ingest[i].send(data)
+            if not under_way:
+                return
+            body = json.loads(await ingest[i].recv())
+            answered(i, body, under_way.popleft(), timed=True)
 
     async def reader(i: int, ws: Any) -> None:
         try:
@@ -397,6 +426,9 @@ async def _run_streams(
                                additional_headers=headers or None, max_size=None)
             sockets.append(ws)
             readers.append(asyncio.create_task(reader(i, ws)))
+            if transport == "websocket":
+                ingest.append(await connect(f"{ws_url}/v1/streams/{ids[i]}/ingest", open_timeout=10,
+                                            additional_headers=headers or None, max_size=None, compression=None))
 
         async def warm(i: int) -> None:  # untimed: fill the ring buffer until the first score
             for _ in range(20):
@@ -431,7 +463,10 @@ async def _run_streams(
             if pending:
                 await asyncio.wait(pending)
 
-        run = closed_loop if fps_per_stream is None else (lambda i: fixed_rate(i, fps_per_stream))
+        if transport == "websocket":
+            run = pipelined
+        else:
+            run = closed_loop if fps_per_stream is None else (lambda i: fixed_rate(i, fps_per_stream))
         await asyncio.wait_for(asyncio.gather(*(run(i) for i in range(n))), seconds + 60)
         ended = time.perf_counter()
         # Let the WebSocket feeds catch up with what was scored (bounded).
@@ -440,7 +475,7 @@ async def _run_streams(
             await asyncio.sleep(0.02)
         metrics_after = (await clients[0].get("/metrics")).text
     finally:
-        for ws in sockets:
+        for ws in ingest + sockets:
             await ws.close()
         for task in readers:
             task.cancel()
@@ -504,6 +539,8 @@ def bench_end_to_end(
     fps_per_stream: float | None = None,
     source: Path | None = None,
     token: str | None = None,
+    transport: str = "http",
+    window: int = E2E_WS_WINDOW,
 ) -> dict[str, Any]:
     """Part (b), one run against a running `vad serve` at `url` (e.g. "http://127.0.0.1:8000").
 
@@ -515,15 +552,30 @@ def bench_end_to_end(
     Returns scored fps in total and per stream, p50/p99 latency of the client round trip and the
     server's `latency_ms`, drops from the answers and from /metrics, WebSocket messages received
     vs frames scored, and the mean batch the worker formed. Stops by itself; deletes its streams.
+
+    transport "http" pushes each frame with POST /v1/streams/{id}/frames as described; "websocket"
+    sends them over one /v1/streams/{id}/ingest connection per stream, keeping `window` frames under
+    way (closed loop with pipelining; no fixed-rate mode).
     """
     import asyncio
 
+    if transport not in E2E_TRANSPORTS:
+        raise ValueError(f"transport must be one of {', '.join(E2E_TRANSPORTS)}, not {transport!r}")
+    if transport == "websocket" and fps_per_stream is not None:
+        raise ValueError("the websocket transport runs closed loop only; drop fps_per_stream")
     videos, described = load_stream_frames(source, streams)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    result = asyncio.run(_run_streams(url.rstrip("/"), videos, seconds, fps_per_stream, headers))
+    result = asyncio.run(
+        _run_streams(url.rstrip("/"), videos, seconds, fps_per_stream, headers, transport, window)
+    )
+    if transport == "websocket":
+        mode = f"pipelined, {window} under way"
+    else:
+        mode = "closed loop" if fps_per_stream is None else f"{fps_per_stream:g} fps per stream"
     return {
         "streams": streams,
-        "mode": "closed loop" if fps_per_stream is None else f"{fps_per_stream:g} fps per stream",
+        "transport": transport,
+        "mode": mode,
         "fps_per_stream_target": fps_per_stream,
         "frames": described,
         **result,
@@ -640,21 +692,26 @@ def run_end_to_end(
     cache_dir: Path | None = None,
     calibration_data: Path | None = None,
     progress: bool = True,
+    transports: tuple[str, ...] = ("http",),
 ) -> dict[str, Any]:
-    """Part (b): one server (subprocess) for `weights`, then one `bench_end_to_end` run per stream count."""
+    """Part (b): one server (subprocess) for `weights`, then one `bench_end_to_end` run per transport
+    and stream count (the websocket transport only in closed loop, i.e. without `fps_per_stream`)."""
     began = time.perf_counter()
     with BenchServer(weights, backend, precision, threads, cache_dir, calibration_data) as server:
         startup_s = time.perf_counter() - began
         runs = []
-        for n in streams:
-            row = bench_end_to_end(server.url, n, seconds, fps_per_stream, source)
-            runs.append(row)
-            if progress:
-                print(f"  {n} stream(s), {row['mode']}: {row['fps']:.2f} fps scored "
-                      f"(per stream {', '.join(f'{x:.2f}' for x in row['per_stream_fps'])}); "
-                      f"client p50 {_fmt(row['client_latency_ms']['p50'], 1)} ms, "
-                      f"dropped {row['dropped_responses']}, WS {row['ws_received']}/{row['ws_expected']}",
-                      flush=True)
+        for transport in transports:
+            if transport == "websocket" and fps_per_stream is not None:
+                continue
+            for n in streams:
+                row = bench_end_to_end(server.url, n, seconds, fps_per_stream, source, transport=transport)
+                runs.append(row)
+                if progress:
+                    print(f"  {n} stream(s), {transport}, {row['mode']}: {row['fps']:.2f} fps scored "
+                          f"(per stream {', '.join(f'{x:.2f}' for x in row['per_stream_fps'])}); "
+                          f"client p50 {_fmt(row['client_latency_ms']['p50'], 1)} ms, "
+                          f"dropped {row['dropped_responses']}, WS {row['ws_received']}/{row['ws_expected']}",
+                          flush=True)
     model = runs[0]["model"] if runs else {}
     return {
         "requested": {"backend": backend, "precision": precision},
@@ -746,6 +803,7 @@ def end_to_end_part(model: DESDnet, options: ModelBenchOptions, rows: list[dict[
             part = run_end_to_end(
                 weights, backend, precision, options.streams, options.e2e_seconds or options.seconds,
                 options.e2e_fps, source, options.threads, options.cache_dir, options.data, options.progress,
+                options.e2e_transports,
             )
         except Exception as exc:  # keep parts (a) and (c) when the server part fails
             _say(options, f"  end to end failed: {type(exc).__name__}: {exc}")
@@ -762,6 +820,9 @@ def end_to_end_part(model: DESDnet, options: ModelBenchOptions, rows: list[dict[
         run["x_model_only_b1"] = run["fps"] / reference if reference else None
     single = next((r for r in part["runs"] if r["streams"] == 1), None)
     part["service_overhead"] = single["x_model_only_b1"] if single else None
+    part["service_overhead_by_transport"] = {
+        r.get("transport", "http"): r["x_model_only_b1"] for r in part["runs"] if r["streams"] == 1
+    }
     return part
 
 
@@ -840,20 +901,26 @@ def format_end_to_end(part: dict[str, Any] | None) -> list[str]:
     lines += [
         f"`vad serve` ({part['backend']}/{part['precision']}, chosen by `{part.get('selected_by')}`; "
         f"{part['threads'] or 'all'} threads; started in {part['server_start_s']:.1f} s) on 127.0.0.1; "
-        "one push stream per video, POST /v1/streams/{id}/frames with JPEG bytes, one WebSocket "
+        "one push stream per video with JPEG bytes, over HTTP (POST /v1/streams/{id}/frames, one frame per "
+        "request) or over one WebSocket per stream (/v1/streams/{id}/ingest, answers in order); one WebSocket "
         "subscriber per stream; the client runs on the same cores as the server.",
         "",
-        f"**service overhead (1 stream): {_fmt(part.get('service_overhead'))}** = end-to-end fps at 1 stream / "
-        f"model-only fps at batch 1 of the same backend and precision ({_fmt(part.get('model_only_fps_b1'))}).",
+    ]
+    overhead = part.get("service_overhead_by_transport") or {"http": part.get("service_overhead")}
+    lines += [
+        "**service overhead (1 stream): "
+        + ", ".join(f"{_fmt(v)} over {k}" for k, v in overhead.items())
+        + f"** = end-to-end fps at 1 stream / model-only fps at batch 1 of the same backend and precision "
+        f"({_fmt(part.get('model_only_fps_b1'))}).",
         "",
-        "| streams | mode | fps scored | per stream fps | client p50 / p99 ms | server p50 / p99 ms "
+        "| streams | transport | mode | fps scored | per stream fps | client p50 / p99 ms | server p50 / p99 ms "
         "| dropped (answers / metrics) | WS received / scored | mean batch | × model only b1 |",
-        "|---:|---|---:|---|---:|---:|---:|---:|---:|---:|",
+        "|---:|---|---|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for run in part["runs"]:
         c, s = run["client_latency_ms"], run["server_latency_ms"]
         lines.append(
-            f"| {run['streams']} | {run['mode']} | {run['fps']:.2f} "
+            f"| {run['streams']} | {run.get('transport', 'http')} | {run['mode']} | {run['fps']:.2f} "
             f"| {' / '.join(f'{x:.2f}' for x in run['per_stream_fps'])} "
             f"| {_fmt(c['p50'], 1)} / {_fmt(c['p99'], 1)} | {_fmt(s['p50'], 1)} / {_fmt(s['p99'], 1)} "
             f"| {run['dropped_responses']} / {run['dropped_metrics']:g} | {run['ws_received']} / {run['ws_expected']} "

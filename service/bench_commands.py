@@ -81,6 +81,15 @@ def cmd_export(args: argparse.Namespace) -> None:
         _fail("export", f"{output}: ONNX output differs from PyTorch by {diff:.3g}")
 
 
+def _transports(text: str) -> tuple[str, ...]:
+    known = ("http", "websocket")  # service.bench.E2E_TRANSPORTS (not imported: it pulls in torch)
+    chosen = tuple(x.strip() for x in text.split(",") if x.strip())
+    unknown = [x for x in chosen if x not in known]
+    if not chosen or unknown:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {','.join(known)}, got {text!r}")
+    return chosen
+
+
 def _pairs(text: str) -> tuple[tuple[str, str], ...]:
     from model.runtimes import check_backend
 
@@ -128,6 +137,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         streams=args.streams,
         e2e_seconds=args.e2e_seconds,
         e2e_fps=args.e2e_fps,
+        e2e_transports=args.e2e_transports,
         e2e_backend=args.e2e_backend,
         e2e_precision=args.e2e_precision,
         frames=frames,
@@ -179,6 +189,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--e2e-seconds", type=float, help="(b): timed seconds per run (default --seconds)")
     p.add_argument("--e2e-fps", type=float,
                    help="(b): frames per second per stream (default: closed loop, each frame once answered)")
+    p.add_argument("--e2e-transports", type=_transports, default=("http", "websocket"),
+                   help="(b): http (one POST per frame), websocket (/ingest, pipelined), comma-separated")
     p.add_argument("--e2e-backend", default="fastest", choices=("fastest", "auto", *backends),
                    help="(b): server backend; fastest: the fastest (a) row at batch 1; auto: the service's "
                         "choice from the `vad calibrate-backends` record")

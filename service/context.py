@@ -41,6 +41,8 @@ class ServiceContext:
         self.worker: InferenceWorker | None = None
         self.load_error: str | None = None
         self.stopping = False
+        self.shutdown_requested = asyncio.Event()  # ends the readers of /ingest connections
+        self.ingest_sessions = 0  # open /ingest connections
         self.manager: StreamManager  # built in start(), once the model's configuration is known
 
     def _make_manager(self) -> StreamManager:
@@ -108,9 +110,14 @@ class ServiceContext:
 
     async def begin_shutdown(self, timeout: float = 2.0) -> None:
         """First step of a graceful shutdown, run by the server before it drops its connections (which
-        would close WebSockets with 1012): refuse new work and close subscribers with 1001 (going away)."""
+        would close WebSockets with 1012): refuse new work, close subscribers with 1001 (going away), and
+        let /ingest connections answer the frames they accepted before they close with 1001."""
         self.stopping = True
+        self.shutdown_requested.set()
         await self.hub.close_all_and_wait(timeout)
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.ingest_sessions and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
 
     async def stop(self) -> None:
         self.stopping = True

@@ -7,6 +7,13 @@ stay current when frames arrive faster than the model scores them, and a fast st
 the others. Stateless requests (POST /v1/score) are refused instead (503) when
 `max_pending_stateless` are already waiting: their client waits for that exact answer. The queue is
 therefore bounded by max_streams * max_pending_per_stream + max_pending_stateless.
+
+Batching: after the first clip the worker waits up to `batch_wait_ms` for more, but only while fewer
+clips wait than the active producers are expected to send: each producer (a stream; stateless requests
+together) that queued a clip in the last ACTIVE_PRODUCER_S seconds counts with the most clips it had
+waiting or being scored at once in its current ACTIVE_PRODUCER_S window (1 for a client that waits for
+each answer, 2 or more for a pipelining one). A lone client that sends one frame at a time is never held back waiting
+for clips nobody is going to send; several streams, or one pipelined stream, share a forward pass.
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ from .domain import Overloaded
 from .metrics import ServiceMetrics
 
 log = logging.getLogger("vad.infer")
+
+ACTIVE_PRODUCER_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -116,6 +125,9 @@ class FrameQueue:
         self.max_pending_stateless = max_pending_stateless
         self._jobs: deque[Job] = deque()
         self._pending: dict[str | None, int] = {}
+        # producer -> (time.monotonic() of its last clip, start of its depth window, most clips waiting)
+        self._activity: dict[str | None, tuple[float, float, int]] = {}
+        self._running: dict[str | None, int] = {}  # clips taken by the worker and not finished, per producer
         self._cond = threading.Condition()
         self._closed = False
 
@@ -142,6 +154,7 @@ class FrameQueue:
                     count -= 1
             self._jobs.append(job)
             self._pending[job.stream_id] = count + 1
+            self._note_activity(job.stream_id, count + 1 + self._running.get(job.stream_id, 0))
             self._cond.notify()
             return evicted
 
@@ -153,8 +166,10 @@ class FrameQueue:
                     self._cond.wait()
                 if self._closed:
                     return []
-                deadline = time.monotonic() + wait_s
-                while len(self._jobs) < max_batch:
+                now = time.monotonic()
+                deadline = now + wait_s
+                wanted = min(max_batch, self._expected_clips(now))
+                while len(self._jobs) < wanted:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0 or self._closed:
                         break
@@ -165,10 +180,36 @@ class FrameQueue:
             batch = [self._jobs.popleft() for _ in range(min(max_batch, len(self._jobs)))]
             for job in batch:
                 self._decrement(job.stream_id)
+                self._running[job.stream_id] = self._running.get(job.stream_id, 0) + 1
             return batch
+
+    def finished(self, batch: list[Job]) -> None:
+        """The worker scored `batch` (called before its answers go out, so a producer's next clip sees it)."""
+        with self._cond:
+            for job in batch:
+                left = self._running.get(job.stream_id, 0) - 1
+                if left > 0:
+                    self._running[job.stream_id] = left
+                else:
+                    self._running.pop(job.stream_id, None)
+
+    def _note_activity(self, key: str | None, waiting: int) -> None:
+        now = time.monotonic()
+        _, since, depth = self._activity.get(key, (now, now, 0))
+        if now - since > ACTIVE_PRODUCER_S:  # a new window: the depth is measured afresh
+            since, depth = now, 0
+        self._activity[key] = (now, since, max(depth, waiting))
+
+    def _expected_clips(self, now: float) -> int:
+        """Clips the active producers are expected to have waiting at once (see the module docstring)."""
+        stale = [key for key, (at, _, _) in self._activity.items() if now - at > ACTIVE_PRODUCER_S]
+        for key in stale:
+            del self._activity[key]
+        return sum(depth for _, _, depth in self._activity.values())
 
     def remove_stream(self, stream_id: str) -> list[Job]:
         with self._cond:
+            self._activity.pop(stream_id, None)
             removed = [j for j in self._jobs if j.stream_id == stream_id]
             if removed:
                 self._jobs = deque(j for j in self._jobs if j.stream_id != stream_id)
@@ -254,10 +295,12 @@ class InferenceWorker:
         except Exception as exc:  # one bad batch must not stop the worker; its frames are answered
             log.exception("inference failed for a batch of %d clips", len(batch))
             self.metrics.inference_errors.inc()
+            self.queue.finished(batch)
             self.sink(batch, None, exc)
             return
         self.metrics.inference_latency.observe(time.perf_counter() - began)
         self.metrics.batch_size.observe(len(batch))
+        self.queue.finished(batch)
         self.sink(batch, scores, None)
 
 

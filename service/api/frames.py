@@ -32,7 +32,7 @@ IMAGE_BODY = {
 }
 
 
-def _decode_and_submit(
+def decode_and_submit(
     context: ServiceContext, stream_id: str, data: bytes, timestamp: float | None, received_at: float
 ) -> Future[FrameResult]:
     frame = decode_image(data, context.settings.max_pixels)
@@ -64,7 +64,7 @@ async def push_frame(
     check_content_type(request.headers.get("content-type"))
     s = context.settings
     data = await read_body_limited(request, s.max_upload_bytes, s.upload_timeout_seconds)
-    future = await run_in_threadpool(_decode_and_submit, context, stream_id, data, timestamp, received_at)
+    future = await run_in_threadpool(decode_and_submit, context, stream_id, data, timestamp, received_at)
     return FrameResultOut.from_domain(await wait_result(future, s.result_timeout_seconds))
 
 

@@ -25,7 +25,7 @@ async def _refuse(websocket: WebSocket, status: int, detail: str) -> None:
         await websocket.close(code=1008, reason=detail[:120])
 
 
-async def _admit(websocket: WebSocket, context: Context, stream_id: str | None) -> bool:
+async def admit(websocket: WebSocket, context: Context, stream_id: str | None) -> bool:
     if not token_matches(context.settings, websocket_token(websocket)):
         await _refuse(websocket, 401, "missing or wrong token: send 'Authorization: Bearer TOKEN' or ?token=TOKEN")
         return False
@@ -44,11 +44,11 @@ async def _admit(websocket: WebSocket, context: Context, stream_id: str | None) 
 
 @router.websocket("/v1/streams/{stream_id}/scores")
 async def stream_scores(websocket: WebSocket, stream_id: str, context: Context) -> None:
-    if await _admit(websocket, context, stream_id):
+    if await admit(websocket, context, stream_id):
         await context.hub.serve(websocket, stream_id)
 
 
 @router.websocket("/v1/scores")
 async def all_scores(websocket: WebSocket, context: Context) -> None:
-    if await _admit(websocket, context, None):
+    if await admit(websocket, context, None):
         await context.hub.serve(websocket, None)

@@ -37,14 +37,32 @@ def test_vad_bench_runs_the_server_part_and_reports_overhead(tiny_weights: Path,
     report = json.loads((out / "bench.json").read_text())
     part = report["end_to_end"]
     assert (part["backend"], part["precision"], part["selected_by"]) == ("torch", "fp32", "fastest")
-    assert [r["streams"] for r in part["runs"]] == [1, 2]
+    assert [(r["transport"], r["streams"]) for r in part["runs"]] == [
+        ("http", 1), ("http", 2), ("websocket", 1), ("websocket", 2)]
     for run in part["runs"]:
-        assert run["mode"] == "closed loop" and run["scored"] > 0 and run["ws_received"] > 0
-        assert run["dropped_responses"] == 0  # closed loop: one frame per stream in flight
+        mode = "closed loop" if run["transport"] == "http" else "pipelined, 2 under way"
+        assert run["mode"] == mode and run["scored"] > 0 and run["ws_received"] > 0
+        # Closed loop: one frame per stream in flight; pipelined: the server's window, no overflow.
+        assert run["dropped_responses"] == 0 and run["errors"] == 0
         assert run["x_model_only_b1"] == run["fps"] / part["model_only_fps_b1"]
     assert part["service_overhead"] == part["runs"][0]["x_model_only_b1"] > 0
+    assert part["service_overhead_by_transport"] == {
+        "http": part["runs"][0]["x_model_only_b1"], "websocket": part["runs"][2]["x_model_only_b1"]}
     markdown = (out / "bench.md").read_text()
     assert "## (b) end to end through the server" in markdown and "service overhead (1 stream)" in markdown
+    assert "| 1 | websocket | pipelined, 2 under way |" in markdown
+
+
+def test_websocket_transport_run_against_a_running_server(vad_server: RunningServer) -> None:
+    row = bench_end_to_end(vad_server.base, streams=2, seconds=1.5, transport="websocket")
+    assert row["transport"] == "websocket" and row["mode"] == "pipelined, 2 under way"
+    assert row["scored"] > 0 and all(s["scored"] > 0 for s in row["per_stream"])
+    assert row["sent"] == row["scored"] + row["dropped_responses"] + sum(s["warming"] for s in row["per_stream"])
+    assert row["errors"] == 0 and row["dropped_responses"] == 0
+    assert 0 < row["ws_received"] <= row["ws_expected"]
+    with pytest.raises(ValueError, match="closed loop only"):
+        bench_end_to_end(vad_server.base, streams=1, seconds=1.0, fps_per_stream=10.0, transport="websocket")
+    assert vad_server.client().get("/v1/streams").json()["count"] == 0
 
 
 def test_helpers(tmp_path: Path) -> None:

@@ -158,10 +158,13 @@ def test_sigterm_with_live_stream_and_websockets(tiny_weights, camera_frames, tm
             push_id = server.client.post("/v1/streams", json={"name": "push"}).json()["id"]
             everything = connect(server.ws_url("/v1/scores"), open_timeout=10)
             only_live = connect(server.ws_url(f"/v1/streams/{live_id}/scores"), open_timeout=10)
-            with everything, only_live:
+            ingest = connect(server.ws_url(f"/v1/streams/{push_id}/ingest"), open_timeout=10)
+            with everything, only_live, ingest:
                 for body in frames(6):  # the push stream gets scored too
                     assert server.client.post(f"/v1/streams/{push_id}/frames", content=body,
                                               headers=JPEG).status_code == 200
+                ingest.send(frames(1)[0])  # and an ingest connection is open and working
+                assert json.loads(ingest.recv(timeout=20))["status"] == "scored"
                 seen: set[str] = set()
                 deadline = time.monotonic() + 20
                 while seen != {live_id, push_id}:
@@ -173,7 +176,7 @@ def test_sigterm_with_live_stream_and_websockets(tiny_weights, camera_frames, tm
 
                 signalled = time.monotonic()
                 server.process.send_signal(signal.SIGTERM)
-                codes = (close_code(everything, 10), close_code(only_live, 10))
+                codes = (close_code(everything, 10), close_code(only_live, 10), close_code(ingest, 10))
                 try:
                     returncode = server.process.wait(10)
                 except subprocess.TimeoutExpired:
@@ -181,7 +184,7 @@ def test_sigterm_with_live_stream_and_websockets(tiny_weights, camera_frames, tm
                 exit_s = time.monotonic() - signalled
             print(f"exit {exit_s:.2f} s after SIGTERM; close codes {codes}")
             assert returncode == 0, server.log()
-            assert codes == (1001, 1001), server.log()
+            assert codes == (1001, 1001, 1001), server.log()
             assert exit_s < 10
             assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
             assert not [p for p in psutil.process_iter(["ppid"]) if p.info["ppid"] == server.process.pid]
@@ -304,8 +307,12 @@ def test_deleting_a_stream_while_the_worker_fills_a_batch_keeps_it_waiting() -> 
     """Regression: take_batch returned [] (= "queue closed") when a DELETE removed every waiting job
     during the batch-fill wait, and the inference worker ended silently (/readyz 503 from then on)."""
     queue = FrameQueue(max_pending_per_stream=2, max_pending_stateless=16)
-    queue.put(Job(stream_id="s", frame_index=0, clip=np.zeros(1, np.float32), frame=np.zeros((2, 2, 3), np.uint8),
-                  timestamp=0.0, received_at=0.0, epoch=0, frames_buffered=0))
+    for stream in ("other", "s"):  # two active producers: the worker waits for a second clip
+        queue.put(Job(stream_id=stream, frame_index=0, clip=np.zeros(1, np.float32),
+                      frame=np.zeros((2, 2, 3), np.uint8), timestamp=0.0, received_at=0.0, epoch=0,
+                      frames_buffered=0))
+        if stream == "other":
+            assert len(queue.take_batch(1, 0.0)) == 1
     taken: list[list[Job]] = []
     worker = threading.Thread(target=lambda: taken.append(queue.take_batch(8, 0.5)), daemon=True)
     worker.start()

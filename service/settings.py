@@ -37,10 +37,13 @@ class Settings(BaseSettings):
     # Inference worker
     max_batch: int = Field(8, ge=1, le=256, description="most clips scored in one forward pass")
     batch_wait_ms: float = Field(
-        2.0, ge=0, le=1000, description="how long the worker waits for more clips to fill a batch"
+        2.0, ge=0, le=1000,
+        description="longest wait for more clips to fill a batch, only for clips an active producer is expected to send",
     )
     max_pending_per_stream: int = Field(
-        2, ge=1, le=1000, description="frames of one stream waiting for the model; beyond it the oldest is dropped"
+        2, ge=1, le=1000,
+        description="frames of one stream waiting for the model; beyond it the oldest is dropped; also the "
+        "ingest WebSocket's pipelining window",
     )
     max_pending_stateless: int = Field(
         16, ge=1, le=10000, description="POST /v1/score requests waiting for the model; beyond it 503"

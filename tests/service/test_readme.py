@@ -44,7 +44,9 @@ def test_readme_examples_run(vad_server, video, tmp_path: Path) -> None:
             pytest.fail("curl is not installed")
         pytest.skip("curl is not installed")
     bash, python = blocks("bash"), blocks("python")
-    assert len(bash) == 1 and len(python) == 1
+    assert len(bash) == 1 and len(python) == 2
+    feed = next(b for b in python if "/v1/scores" in b)
+    ingest_example = next(b for b in python if "/ingest" in b)
     here = f"127.0.0.1:{vad_server.port}"
     frames = tmp_path / "frames"
     frames.mkdir()
@@ -54,7 +56,7 @@ def test_readme_examples_run(vad_server, video, tmp_path: Path) -> None:
 
     # The WebSocket example first: it waits for five scores while the curl examples push frames.
     listener = subprocess.Popen(
-        [sys.executable, "-c", python[0].replace("localhost:8000", here)],
+        [sys.executable, "-c", feed.replace("localhost:8000", here)],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -82,3 +84,12 @@ def test_readme_examples_run(vad_server, video, tmp_path: Path) -> None:
     assert Image.open(io.BytesIO((tmp_path / "heatmap.png").read_bytes())).size == (180, 120)
     printed = out.splitlines()
     assert len(printed) == 5 and all(p.split()[-1] in ("True", "False") for p in printed)
+
+    # The ingest example: every frame answered in order, the first four warming.
+    ingest = subprocess.run([sys.executable, "-c", ingest_example.replace("localhost:8000", here)], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert ingest.returncode == 0, ingest.stderr
+    answers = [line.split() for line in ingest.stdout.splitlines()]
+    assert [(name, int(index), status) for name, index, status, _ in answers] == [
+        (f"frames/{i:03d}.jpg", i, "warming" if i < 4 else "scored") for i in range(9)]
+    assert all(float(score) > -1e9 for *_, score in answers[4:])

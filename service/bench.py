@@ -72,11 +72,15 @@ class Timing:
     median_s: float
     p90_s: float
     runs: int
+    cpu_s_per_run: float | None = None  # CPU time of this process (all threads) per timed run
 
     @classmethod
-    def of(cls, samples: list[float]) -> Timing:
+    def of(cls, samples: list[float], cpu_s: float | None = None) -> Timing:
         ordered = sorted(samples)
-        return cls(statistics.median(ordered), ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))], len(ordered))
+        return cls(
+            statistics.median(ordered), ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))], len(ordered),
+            cpu_s / len(ordered) if cpu_s is not None else None,
+        )
 
 
 def time_call(fn: Callable[[], object], seconds: float, warmup: int = 2, min_runs: int = 3) -> Timing:
@@ -84,12 +88,21 @@ def time_call(fn: Callable[[], object], seconds: float, warmup: int = 2, min_run
     for _ in range(warmup):
         fn()
     samples: list[float] = []
-    began = time.perf_counter()
+    began, cpu_began = time.perf_counter(), time.process_time()
     while len(samples) < min_runs or time.perf_counter() - began < seconds:
         t0 = time.perf_counter()
         fn()
         samples.append(time.perf_counter() - t0)
-    return Timing.of(samples)
+    return Timing.of(samples, time.process_time() - cpu_began)
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process, all threads (Linux /proc); None where unavailable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def machine_info(threads: int) -> dict[str, Any]:
@@ -238,6 +251,8 @@ def bench_model(
                 "p90_ms": timing.p90_s * 1e3,
                 "runs": timing.runs,
                 "fps": batch / timing.median_s,
+                # CPU time per frame, all threads: what the model costs the cores (e2e compares with it)
+                "cpu_ms_per_frame": timing.cpu_s_per_run * 1e3 / batch if timing.cpu_s_per_run else None,
                 "build_s": round(build_s, 2),
                 "cached": bool(getattr(recon, "cached", False)),
                 "max_abs_diff_vs_torch_fp32": diff,
@@ -398,7 +413,7 @@ class _FramePoster:
 
 async def _run_streams(
     url: str, videos: list[list[bytes]], seconds: float, fps_per_stream: float | None, headers: dict[str, str],
-    transport: str = "http", window: int = E2E_WS_WINDOW,
+    transport: str = "http", window: int = E2E_WS_WINDOW, server_pid: int | None = None,
 ) -> dict[str, Any]:
     import asyncio
 
@@ -496,7 +511,8 @@ async def _run_streams(
 
         await asyncio.gather(*(warm(i) for i in range(n)))
         metrics_before = (await clients[0].get("/metrics")).text
-        began = time.perf_counter()
+        server_cpu_began = process_cpu_seconds(server_pid) if server_pid else None
+        began, client_cpu_began = time.perf_counter(), time.process_time()
         deadline = began + seconds
 
         async def closed_loop(i: int) -> None:
@@ -527,7 +543,8 @@ async def _run_streams(
         else:
             run = closed_loop if fps_per_stream is None else (lambda i: fixed_rate(i, fps_per_stream))
         await asyncio.wait_for(asyncio.gather(*(run(i) for i in range(n))), seconds + 60)
-        ended = time.perf_counter()
+        ended, client_cpu = time.perf_counter(), time.process_time() - client_cpu_began
+        server_cpu_ended = process_cpu_seconds(server_pid) if server_pid else None
         # Let the WebSocket feeds catch up with what was scored (bounded).
         catch_up = time.perf_counter() + 3.0
         while time.perf_counter() < catch_up and any(received[i] < scored_all[i] for i in range(n)):
@@ -572,7 +589,15 @@ async def _run_streams(
         return _metric_sum(metrics_after, name) - _metric_sum(metrics_before, name)
 
     batches = delta("vad_inference_batch_frames_count")
+    scored_total = max(1, sum(s["scored"] for s in per_stream))
+    server_cpu = (server_cpu_ended - server_cpu_began
+                  if server_cpu_began is not None and server_cpu_ended is not None else None)
     return {
+        # CPU time per scored frame over the timed phase (all threads): the server process (when its
+        # pid is known) and this load generator; cores_busy = both together / wall time.
+        "server_cpu_ms_per_frame": server_cpu * 1e3 / scored_total if server_cpu is not None else None,
+        "client_cpu_ms_per_frame": client_cpu * 1e3 / scored_total,
+        "cores_busy": (client_cpu + (server_cpu or 0.0)) / elapsed if server_cpu is not None else None,
         "seconds": round(elapsed, 3),
         "fps": sum(s["scored"] for s in per_stream) / elapsed,
         "per_stream_fps": [s["fps"] for s in per_stream],
@@ -602,6 +627,7 @@ def bench_end_to_end(
     token: str | None = None,
     transport: str = "http",
     window: int = E2E_WS_WINDOW,
+    server_pid: int | None = None,
 ) -> dict[str, Any]:
     """Part (b), one run against a running `vad serve` at `url` (e.g. "http://127.0.0.1:8000").
 
@@ -612,7 +638,8 @@ def bench_end_to_end(
     stream (up to E2E_MAX_IN_FLIGHT requests under way; frames beyond are counted as not_sent).
     Returns scored fps in total and per stream, p50/p99 latency of the client round trip and the
     server's `latency_ms`, drops from the answers and from /metrics, WebSocket messages received
-    vs frames scored, and the mean batch the worker formed. Stops by itself; deletes its streams.
+    vs frames scored, the mean batch the worker formed, and CPU time per scored frame of this client
+    and (with `server_pid`, a local server) of the server. Stops by itself; deletes its streams.
 
     transport "http" pushes each frame with POST /v1/streams/{id}/frames as described; "websocket"
     sends them over one /v1/streams/{id}/ingest connection per stream, keeping `window` frames under
@@ -627,7 +654,7 @@ def bench_end_to_end(
     videos, described = load_stream_frames(source, streams)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     result = asyncio.run(
-        _run_streams(url.rstrip("/"), videos, seconds, fps_per_stream, headers, transport, window)
+        _run_streams(url.rstrip("/"), videos, seconds, fps_per_stream, headers, transport, window, server_pid)
     )
     if transport == "websocket":
         mode = f"pipelined, {window} under way"
@@ -765,7 +792,8 @@ def run_end_to_end(
             if transport == "websocket" and fps_per_stream is not None:
                 continue
             for n in streams:
-                row = bench_end_to_end(server.url, n, seconds, fps_per_stream, source, transport=transport)
+                row = bench_end_to_end(server.url, n, seconds, fps_per_stream, source, transport=transport,
+                                       server_pid=server.process.pid)
                 runs.append(row)
                 if progress:
                     print(f"  {n} stream(s), {transport}, {row['mode']}: {row['fps']:.2f} fps scored "
@@ -877,6 +905,11 @@ def end_to_end_part(model: DESDnet, options: ModelBenchOptions, rows: list[dict[
         None,
     )
     part["model_only_fps_b1"] = reference
+    part["model_only_cpu_ms_per_frame_b1"] = next(
+        (r.get("cpu_ms_per_frame") for r in rows if r.get("backend") == part["backend"]
+         and r.get("precision") == part["precision"] and r.get("batch") == 1 and "fps" in r),
+        None,
+    )
     for run in part["runs"]:
         run["x_model_only_b1"] = run["fps"] / reference if reference else None
     single = next((r for r in part["runs"] if r["streams"] == 1), None)
@@ -931,9 +964,9 @@ def format_markdown(report: dict[str, Any]) -> str:
     lines += [
         "## (a) model only",
         "",
-        "| backend | precision | runs as | batch | fps | median ms | p90 ms | × paper pipeline | × torch fp32 b1 "
-        "| max abs diff vs torch fp32 | build s (cached) |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| backend | precision | runs as | batch | fps | median ms | p90 ms | CPU ms/frame | × paper pipeline "
+        "| × torch fp32 b1 | max abs diff vs torch fp32 | build s (cached) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     errors = []
     for row in report["model_only"]:
@@ -942,7 +975,7 @@ def format_markdown(report: dict[str, Any]) -> str:
             continue
         lines.append(
             f"| {row['backend']} | {row['precision']} | {row['effective_precision']} | {row['batch']} "
-            f"| {row['fps']:.2f} | {row['median_ms']:.1f} | {row['p90_ms']:.1f} "
+            f"| {row['fps']:.2f} | {row['median_ms']:.1f} | {row['p90_ms']:.1f} | {_fmt(row.get('cpu_ms_per_frame'), 1)} "
             f"| {_fmt(row['x_paper_pipeline'])} | {_fmt(row['x_torch_fp32_b1'])} "
             f"| {_fmt(row['max_abs_diff_vs_torch_fp32'], 4)} | {row['build_s']:.1f} ({'yes' if row['cached'] else 'no'}) |"
         )
@@ -972,11 +1005,14 @@ def format_end_to_end(part: dict[str, Any] | None) -> list[str]:
         "**service overhead (1 stream): "
         + ", ".join(f"{_fmt(v)} over {k}" for k, v in overhead.items())
         + f"** = end-to-end fps at 1 stream / model-only fps at batch 1 of the same backend and precision "
-        f"({_fmt(part.get('model_only_fps_b1'))}).",
+        f"({_fmt(part.get('model_only_fps_b1'))}). The model alone costs "
+        f"{_fmt(part.get('model_only_cpu_ms_per_frame_b1'), 1)} CPU ms per frame at batch 1 (all threads); the "
+        "CPU column below is what the server and the load generator spent per scored frame, on the same cores.",
         "",
         "| streams | transport | mode | fps scored | per stream fps | client p50 / p99 ms | server p50 / p99 ms "
-        "| dropped (answers / metrics) | WS received / scored | mean batch | × model only b1 |",
-        "|---:|---|---|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| dropped (answers / metrics) | WS received / scored | mean batch | CPU ms/frame server / client "
+        "| cores busy | × model only b1 |",
+        "|---:|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for run in part["runs"]:
         c, s = run["client_latency_ms"], run["server_latency_ms"]
@@ -985,7 +1021,9 @@ def format_end_to_end(part: dict[str, Any] | None) -> list[str]:
             f"| {' / '.join(f'{x:.2f}' for x in run['per_stream_fps'])} "
             f"| {_fmt(c['p50'], 1)} / {_fmt(c['p99'], 1)} | {_fmt(s['p50'], 1)} / {_fmt(s['p99'], 1)} "
             f"| {run['dropped_responses']} / {run['dropped_metrics']:g} | {run['ws_received']} / {run['ws_expected']} "
-            f"| {_fmt(run['mean_batch'])} | {_fmt(run.get('x_model_only_b1'))} |"
+            f"| {_fmt(run['mean_batch'])} "
+            f"| {_fmt(run.get('server_cpu_ms_per_frame'), 1)} / {_fmt(run.get('client_cpu_ms_per_frame'), 1)} "
+            f"| {_fmt(run.get('cores_busy'))} | {_fmt(run.get('x_model_only_b1'))} |"
         )
     frames = {run["frames"] for run in part["runs"]}
     if frames:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 import pytest
 
-from service.bench import _metric_sum, _percentiles, bench_end_to_end, load_stream_frames
+from service.bench import _metric_sum, _percentiles, bench_end_to_end, load_stream_frames, process_cpu_seconds
 from service.cli import main
 from tests.service.serving import RunningServer
 
@@ -23,6 +25,7 @@ def test_end_to_end_run_against_a_running_server(vad_server: RunningServer) -> N
     for key in ("client_latency_ms", "server_latency_ms"):
         assert 0 < row[key]["p50"] <= row[key]["p99"]
     assert row["model"]["backend"] == "torch" and row["mean_batch"] >= 1
+    assert row["server_cpu_ms_per_frame"] is None and row["client_cpu_ms_per_frame"] > 0  # no server pid given
     assert vad_server.client().get("/v1/streams").json()["count"] == 0  # its streams are deleted
 
 
@@ -45,6 +48,11 @@ def test_vad_bench_runs_the_server_part_and_reports_overhead(tiny_weights: Path,
         # Closed loop: one frame per stream in flight; pipelined: the server's window, no overflow.
         assert run["dropped_responses"] == 0 and run["errors"] == 0
         assert run["x_model_only_b1"] == run["fps"] / part["model_only_fps_b1"]
+        # CPU accounting: the server subprocess and this client, per scored frame
+        assert run["server_cpu_ms_per_frame"] > 0 and run["client_cpu_ms_per_frame"] > 0
+        assert 0 < run["cores_busy"] <= os.cpu_count() + 0.5
+    assert report["model_only"][0]["cpu_ms_per_frame"] > 0
+    assert part["model_only_cpu_ms_per_frame_b1"] == report["model_only"][0]["cpu_ms_per_frame"]
     assert part["service_overhead"] == part["runs"][0]["x_model_only_b1"] > 0
     assert part["service_overhead_by_transport"] == {
         "http": part["runs"][0]["x_model_only_b1"], "websocket": part["runs"][2]["x_model_only_b1"]}
@@ -66,6 +74,11 @@ def test_websocket_transport_run_against_a_running_server(vad_server: RunningSer
 
 
 def test_helpers(tmp_path: Path) -> None:
+    busy = time.process_time() + 0.05
+    while time.process_time() < busy:
+        pass
+    assert process_cpu_seconds(os.getpid()) >= 0.05
+    assert process_cpu_seconds(2**22 + 12345) is None  # no such process
     text = 'a_total{stream="x",reason="overload"} 2.0\na_total{stream="y",reason="overload"} 3.0\n# a_total 9\n'
     assert _metric_sum(text, "a_total") == 5.0 and _metric_sum(text, "a_total", {"stream": "y"}) == 3.0
     assert _percentiles([]) == {"p50": None, "p99": None}

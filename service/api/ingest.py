@@ -48,6 +48,7 @@ router = APIRouter(tags=["frames"])
 
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
+CLOSE_INTERNAL_ERROR = 1011
 
 
 @dataclass(frozen=True)
@@ -95,8 +96,14 @@ class IngestSession:
             done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
             if writer in done:  # the client is gone: accepted frames are still scored and counted
                 reader.cancel()
+            elif not reader.cancelled() and reader.exception() is not None:
+                writer.cancel()  # nothing more will be queued for it
             # Otherwise the writer answers what was accepted and ends at the _Close the reader queued.
-            await asyncio.gather(reader, writer, return_exceptions=True)
+            outcomes = await asyncio.gather(reader, writer, return_exceptions=True)
+            failures = [o for o in outcomes if isinstance(o, Exception)]
+            if failures:  # a bug, not a bad frame (those are answered): log it and end the connection
+                log.error("ingest connection of stream %s failed", self.stream_id, exc_info=failures[0])
+                await self._close(_Close(CLOSE_INTERNAL_ERROR, "internal error; the server log has the details"))
         finally:
             for task in (reader, writer):
                 task.cancel()

@@ -143,3 +143,21 @@ def test_refusals_and_deletion_while_connected(start_server, video) -> None:
             ingest.recv(timeout=10)
     assert closed.value.rcvd is not None
     assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1000, "stream deleted")
+
+
+def test_a_server_bug_closes_the_connection_with_1011_and_is_logged(vad_server, video, monkeypatch, caplog) -> None:
+    import service.api.ingest as ingest_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug in the server")
+
+    sid = new_stream(vad_server)
+    monkeypatch.setattr(ingest_module, "decode_and_submit", broken)
+    with caplog.at_level("ERROR", logger="vad.ingest"), \
+            connect(vad_server.ws_url(f"/v1/streams/{sid}/ingest"), open_timeout=10) as ingest:
+        ingest.send(encode(video[0]))
+        with pytest.raises(ConnectionClosed) as closed:
+            ingest.recv(timeout=10)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1011
+    assert "a bug in the server" not in closed.value.rcvd.reason  # no internals to the client
+    assert any("ingest connection of stream" in r.getMessage() and r.exc_info for r in caplog.records)

@@ -90,6 +90,7 @@ class ServiceContext:
         self.manager = self._make_manager()
         self.metrics.live.queue_depth = lambda: len(self.queue)
         self.metrics.live.websocket_clients = lambda: self.hub.client_count
+        self.metrics.live.ingest_connections = lambda: self.ingest_sessions
         self.metrics.live.ready = lambda: self.not_ready_reason() is None
         self.metrics.live.stream_states = self.manager.state_counts
         if rt is None:

@@ -38,6 +38,7 @@ class _LiveGauges(Collector):
         self.queue_depth: Callable[[], int] = lambda: 0
         self.stream_states: Callable[[], Mapping[str, int]] = lambda: {}
         self.websocket_clients: Callable[[], int] = lambda: 0
+        self.ingest_connections: Callable[[], int] = lambda: 0
         self.ready: Callable[[], bool] = lambda: False
 
     def collect(self) -> Iterator[Metric]:
@@ -51,6 +52,9 @@ class _LiveGauges(Collector):
         yield states
         yield GaugeMetricFamily(
             "vad_websocket_clients", "Connected WebSocket score subscribers", value=self.websocket_clients()
+        )
+        yield GaugeMetricFamily(
+            "vad_ingest_connections", "Open /ingest WebSockets pushing frames", value=self.ingest_connections()
         )
         yield GaugeMetricFamily(
             "vad_ready", "1 when the weights are loaded and the inference worker runs", value=float(self.ready())

@@ -48,6 +48,7 @@ def test_pipelined_ingest_answers_every_frame_in_order_like_http_push(vad_server
         answers = receive(ingest, len(frames))
         sender.join(10)
         published = receive(feed, 12)
+        assert metric_value(vad_server.metrics(), "vad_ingest_connections") == 1
     with vad_server.client() as client:
         expected = [client.post(f"/v1/streams/{over_http}/frames", content=f, headers=JPEG).json() for f in frames]
     assert [a["frame_index"] for a in answers] == list(range(16))

@@ -41,6 +41,7 @@ from .deps import Context
 from .errors import REJECTED, status_for
 from .frames import decode_and_submit
 from .schemas import FrameResultOut
+from .uploads import wait_result
 from .ws import admit
 
 log = logging.getLogger("vad.ingest")
@@ -160,11 +161,9 @@ class IngestSession:
                 return
             if isinstance(answer, Future):
                 try:
-                    result = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(answer)), timeout)
-                    text = FrameResultOut.from_domain(result).model_dump_json()
-                except TimeoutError:
-                    text = _rejection(self.context, d.ResultTimeout(
-                        f"no score within {timeout:g} s; the frame is still queued"))
+                    text = FrameResultOut.from_domain(await wait_result(answer, timeout)).model_dump_json()
+                except d.ResultTimeout as exc:
+                    text = _rejection(self.context, exc)
             else:
                 text = answer
             try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import httpx
 import pytest
@@ -162,3 +163,18 @@ def test_a_server_bug_closes_the_connection_with_1011_and_is_logged(vad_server, 
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1011
     assert "a bug in the server" not in closed.value.rcvd.reason  # no internals to the client
     assert any("ingest connection of stream" in r.getMessage() and r.exc_info for r in caplog.records)
+
+
+def test_a_frame_not_scored_in_time_is_answered_504_and_still_counted(start_server, video) -> None:
+    server = start_server(extra_inference_latency_ms=800.0, result_timeout_seconds=0.2)
+    sid = new_stream(server)
+    with connect(server.ws_url(f"/v1/streams/{sid}/ingest"), open_timeout=10) as ingest:
+        for frame in video[:5]:
+            ingest.send(encode(frame))
+        answers = receive(ingest, 5)
+    assert [a["status"] for a in answers] == ["warming"] * 4 + ["rejected"]
+    assert answers[4]["code"] == 504 and "still queued" in answers[4]["detail"]
+    deadline = time.monotonic() + 10
+    while httpx.get(server.url(f"/v1/streams/{sid}")).json()["frames_scored"] < 1:  # scored after all
+        assert time.monotonic() < deadline
+        time.sleep(0.05)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Capacity and erasure ablations of the lite model on Ped2: short runs with one schedule each, so
-# they compare with each other (not with the shipped 12-epoch weights). About 2.5 hours on 2 cores.
+# they compare with each other (not with the shipped 12-epoch weights). About 1.5 hours on 2 idle cores.
 #
 #   bench/capacity_ablation.sh                # DATA=../shared/data/ped2 OUT=runs/abl
 #
@@ -9,7 +9,6 @@
 #   r192     192 px, width 16            (score window scaled with the size: 24x24 / 6)
 #   w24      128 px, width 24
 #   noerase  128 px, width 16, --no-erasure
-#   r192-e6  r192 resumed to 6 epochs    (a warm restart of the cosine, as the e20 continuation)
 # Each is evaluated with `vad evaluate --localization --json` into OUT/NAME-eval.json; the summary
 # table is printed by bench/capacity_table.py OUT.
 set -euo pipefail
@@ -38,8 +37,4 @@ for spec in "base|" "r192|--image-size 192" "w24|--width 24" "noerase|--no-erasu
   [ -f "$OUT/$name.safetensors" ] || train "$name" 3 "${extra[@]}"
   [ -f "$OUT/$name-eval.json" ] || evaluate "$name"
 done
-# The 192 px run, continued from its epoch-3 checkpoint to 6 epochs.
-[ -f "$OUT/r192-e6.safetensors" ] || "$VAD" train --config lite --image-size 192 --data "$DATA" \
-  --output "$OUT/r192-e6.safetensors" --checkpoint-dir "$OUT/r192.ckpt" --epochs 6 --threads 2 --resume
-[ -f "$OUT/r192-e6-eval.json" ] || evaluate r192-e6
 .venv/bin/python bench/capacity_table.py "$OUT"

@@ -12,7 +12,6 @@ from pathlib import Path
 RUNS = (
     ("base", "128 px, width 16 (the lite preset), 3 epochs"),
     ("r192", "192 px, width 16, 3 epochs"),
-    ("r192-e6", "192 px, width 16, resumed to 6 epochs"),
     ("w24", "128 px, width 24, 3 epochs"),
     ("noerase", "128 px, width 16, no reverse erasure, 3 epochs"),
 )

@@ -9,6 +9,7 @@
 #   r192     192 px, width 16            (score window scaled with the size: 24x24 / 6)
 #   w24      128 px, width 24
 #   noerase  128 px, width 16, --no-erasure
+#   noerase-e6  noerase resumed to 6 epochs (a warm restart of the cosine)
 # Each is evaluated with `vad evaluate --localization --json` into OUT/NAME-eval.json; the summary
 # table is printed by bench/capacity_table.py OUT.
 set -euo pipefail
@@ -37,4 +38,8 @@ for spec in "base|" "r192|--image-size 192" "w24|--width 24" "noerase|--no-erasu
   [ -f "$OUT/$name.safetensors" ] || train "$name" 3 "${extra[@]}"
   [ -f "$OUT/$name-eval.json" ] || evaluate "$name"
 done
+# The no-erasure run, continued from its epoch-3 checkpoint to 6 epochs.
+[ -f "$OUT/noerase-e6.safetensors" ] || "$VAD" train --config lite --no-erasure --data "$DATA" \
+  --output "$OUT/noerase-e6.safetensors" --checkpoint-dir "$OUT/noerase.ckpt" --epochs 6 --threads 2 --resume
+[ -f "$OUT/noerase-e6-eval.json" ] || evaluate noerase-e6
 .venv/bin/python bench/capacity_table.py "$OUT"

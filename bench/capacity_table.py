@@ -14,6 +14,7 @@ RUNS = (
     ("r192", "192 px, width 16, 3 epochs"),
     ("w24", "128 px, width 24, 3 epochs"),
     ("noerase", "128 px, width 16, no reverse erasure, 3 epochs"),
+    ("noerase-e6", "the same resumed to 6 epochs (warm restart of the cosine)"),
 )
 
 

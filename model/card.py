@@ -62,10 +62,12 @@ def _num(x: object) -> str:
 
 def render_markdown(card: dict) -> str:  # type: ignore[type-arg]
     training = card.get("training", {})
+    erasure = training.get("train_config", {}).get("erasure", True)
+    objective = "reverse erasure + Deep SVDD" if erasure else "Deep SVDD, without reverse erasure"
     lines = [
         f"# Model card: {card.get('weights')}",
         "",
-        "DESDnet (reverse erasure + Deep SVDD) trained on the UCSD Ped2 training split.",
+        f"DESDnet ({objective}) trained on the UCSD Ped2 training split.",
         "",
         "## Configuration",
         "",

@@ -12,7 +12,7 @@ import torch
 
 from model import DESDnet, DESDnetConfig, runtimes
 from model.inference import TorchReconstructor, make_reconstructor, score_clips
-from tests.model.test_export import fixed_clips, realistic_model
+from tests.unit.model.test_export import fixed_clips, realistic_model
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")

@@ -10,7 +10,7 @@ import pytest
 from model.evaluate import EvaluateOptions, evaluate
 from model.weights import load_weights
 
-WEIGHTS = Path(__file__).resolve().parents[2] / "weights"
+WEIGHTS = Path(__file__).resolve().parents[3] / "weights"
 SHIPPED = sorted(WEIGHTS.glob("ped2-*.safetensors"))
 
 

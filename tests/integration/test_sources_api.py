@@ -8,7 +8,7 @@ import pytest
 
 from service.netguard import parse_networks
 from service.sources import SourceSettings, source_factory
-from tests.service.rtsp_fixtures import RtspCamera, wait_for
+from tests.support.rtsp import RtspCamera, wait_for
 
 SETTINGS = SourceSettings(
     open_timeout_s=3.0, stall_timeout_s=2.0, backoff_initial_s=0.2, backoff_max_s=1.0,

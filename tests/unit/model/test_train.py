@@ -12,8 +12,8 @@ from model.data import DatasetError, file_list_hash, list_videos
 from model.network import DESDnet
 from model.train import TrainError, TrainState, train
 from model.weights import load_weights
-from tests.conftest import TINY
-from tests.model.conftest import EPOCHS, TrainedRun, tiny_train_config
+from tests.support.data import TINY
+from tests.support.training import EPOCHS, TrainedRun, tiny_train_config
 
 
 def test_loss_falls(trained: TrainedRun) -> None:

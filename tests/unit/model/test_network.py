@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from model.network import DESDnet, DESDnetConfig, count_flops
-from tests.conftest import TINY
+from tests.support.data import TINY
 
 
 def meta_model(config: DESDnetConfig) -> DESDnet:

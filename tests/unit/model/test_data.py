@@ -22,8 +22,8 @@ from model.data import (
     to_model_range,
 )
 from model.network import DESDnetConfig
-from tests.conftest import TINY
-from tests.model.conftest import copy_dataset
+from tests.support.data import TINY
+from tests.support.training import copy_dataset
 
 RGB = TINY.with_(channels=3)
 

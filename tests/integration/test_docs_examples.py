@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from service.settings import Settings
-from tests.service.serving import encode, metric_value
+from tests.support.serving import encode, metric_value
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

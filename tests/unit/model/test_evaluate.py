@@ -19,7 +19,7 @@ from model.evaluate import (
     trailing_mean,
 )
 from model.weights import Calibration
-from tests.model.conftest import FRAMES, TEST_VIDEOS, TrainedRun
+from tests.support.training import FRAMES, TEST_VIDEOS, TrainedRun
 
 
 def pairwise_auc(labels: np.ndarray, scores: np.ndarray) -> float:

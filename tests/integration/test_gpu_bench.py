@@ -14,9 +14,9 @@ import torch
 
 from model.inference import TorchReconstructor, score_clips
 from model.network import DESDnet
-from tests.conftest import TINY
+from tests.support.data import TINY
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def load_script():  # noqa: ANN201

@@ -1,4 +1,4 @@
-"""A real RTSP camera for tests: tests/service/rtsp_server.py run by Debian's python3 (GStreamer).
+"""A real RTSP camera for tests: tests/support/rtsp_server.py run by Debian's python3 (GStreamer).
 
     with RtspCamera(frames_dir, fps=10) as camera:
         camera.url            # rtsp://127.0.0.1:PORT/cam

@@ -1,5 +1,5 @@
-"""Fixtures of the model tests: one short training run on synthetic data, shared by the train,
-evaluate and CLI tests, and helpers that build broken datasets."""
+"""Helpers of the model tests: the short training run on synthetic data (see the `trained` fixture in
+tests/conftest.py) and helpers that build broken datasets."""
 
 from __future__ import annotations
 
@@ -7,12 +7,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 from model.network import DESDnetConfig
-from model.train import TrainConfig, TrainState, train
-from tests.conftest import TINY
-from tests.synthetic import write_dataset
+from model.train import TrainConfig, TrainState
+from tests.support.data import TINY
 
 # 3 normal training videos (the last one is held out for calibration), 2 test videos whose second
 # half shows a large, fast, bright square. 4 epochs of 64 clips at lr 1e-3 take a few seconds and
@@ -48,24 +45,6 @@ def tiny_train_config(data: Path, out: Path, **changes: object) -> TrainConfig:
     )
     base.update(changes)
     return TrainConfig(**base)  # type: ignore[arg-type]
-
-
-@pytest.fixture(scope="session")
-def eval_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_dataset(
-        tmp_path_factory.mktemp("synthetic-eval"),
-        train_videos=TRAIN_VIDEOS,
-        test_videos=TEST_VIDEOS,
-        frames=FRAMES,
-    )
-
-
-@pytest.fixture(scope="session")
-def trained(eval_root: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
-    out = tmp_path_factory.mktemp("trained")
-    cfg = tiny_train_config(eval_root, out, epochs=EPOCHS, max_clips_per_epoch=64)
-    state = train(cfg)
-    return TrainedRun(eval_root, cfg.output, TINY, cfg, state)
 
 
 def copy_dataset(src: Path, dst: Path) -> Path:

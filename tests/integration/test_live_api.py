@@ -2,7 +2,7 @@
 camera that accepts and never answers, a slow model behind a fast camera, and camera credentials.
 
 The servers are real subprocesses (`python -m service.cli serve`) on 127.0.0.1 with the tiny
-weights; the camera is the GStreamer RTSP test server (tests/service/rtsp_fixtures.py).
+weights; the camera is the GStreamer RTSP test server (tests/support/rtsp.py).
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from service.infer import FrameQueue, Job
-from tests.service.rtsp_fixtures import RtspCamera, wait_for
-from tests.service.serving import encode, metric_value
+from tests.support.rtsp import RtspCamera, wait_for
+from tests.support.serving import encode, metric_value
 
 ROOT = Path(__file__).resolve().parents[2]
 JPEG = {"content-type": "image/jpeg"}

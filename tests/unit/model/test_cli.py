@@ -14,8 +14,8 @@ from safetensors.torch import save_file
 from model.network import DESDnet
 from model.weights import load_weights, read_metadata
 from service.cli import main
-from tests.conftest import TINY
-from tests.model.conftest import TrainedRun
+from tests.support.data import TINY
+from tests.support.training import TrainedRun
 
 TINY_ARGS = ["--image-size", "32", "--width", "4"]
 

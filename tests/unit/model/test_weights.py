@@ -19,7 +19,7 @@ from model.weights import (
     save_weights,
     store_as,
 )
-from tests.conftest import TINY
+from tests.support.data import TINY
 
 
 def saved(path: Path, config=TINY, center_size: int | None = None) -> tuple[DESDnet, Path]:  # noqa: ANN001

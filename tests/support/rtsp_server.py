@@ -1,11 +1,11 @@
 """A looping RTSP camera for tests: GStreamer's RTSP server on 127.0.0.1 serving a folder of frames.
 
 Runs under Debian's /usr/bin/python3 (python3-gi + gir1.2-gst-rtsp-server-1.0), not the venv, so the
-tests start it as a subprocess (see tests/service/rtsp_fixtures.py). Prints `READY <port>` on stdout once
+tests start it as a subprocess (see tests/support/rtsp.py). Prints `READY <port>` on stdout once
 it listens. SIGTERM/SIGINT: quit. SIGUSR1: drop every connected client (a network drop without a
 restart). SIGSTOP/SIGCONT from the test freeze and thaw it (a stalled camera).
 
-    /usr/bin/python3 tests/service/rtsp_server.py --frames DIR --port 0 --fps 10 [--codec jpeg|h264]
+    /usr/bin/python3 tests/support/rtsp_server.py --frames DIR --port 0 --fps 10 [--codec jpeg|h264]
         [--user U --password P]
 """
 

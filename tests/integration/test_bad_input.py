@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from tests.service.serving import RunningServer, encode, metric_value, png_declaring
+from tests.support.serving import RunningServer, encode, metric_value, png_declaring
 
 JPEG = {"content-type": "image/jpeg"}
 

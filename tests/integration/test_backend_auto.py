@@ -20,7 +20,7 @@ from model.weights import Calibration, load_weights
 from service import backend_select
 from service.backend_select import RECORD_FORMAT, calibrate_backends, choose, machine_fingerprint, record_path
 from service.infer import load_runtime
-from tests.service.serving import metric_value
+from tests.support.serving import metric_value
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 
 from service.bench import _metric_sum, _percentiles, bench_end_to_end, load_stream_frames, process_cpu_seconds
 from service.cli import main
-from tests.service.serving import RunningServer
+from tests.support.serving import RunningServer
 
 
 def test_end_to_end_run_against_a_running_server(vad_server: RunningServer) -> None:

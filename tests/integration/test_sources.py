@@ -17,7 +17,7 @@ import pytest
 from service import netguard
 from service.netguard import SourceRefused, check_source_url, parse_networks, redact_text, redact_url
 from service.sources import LiveSource, PrometheusSourceMetrics, SourceSettings, SourceState
-from tests.service.rtsp_fixtures import PED2_FRAMES, RtspCamera, rtsp_available, wait_for, write_frames
+from tests.support.rtsp import PED2_FRAMES, RtspCamera, rtsp_available, wait_for, write_frames
 
 LOOPBACK = parse_networks("127.0.0.0/8")
 FAST = SourceSettings(

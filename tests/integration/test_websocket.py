@@ -15,7 +15,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from tests.service.serving import RunningServer, encode, metric_value
+from tests.support.serving import RunningServer, encode, metric_value
 
 JPEG = {"content-type": "image/jpeg"}
 

@@ -16,7 +16,7 @@ from model.data import list_videos, to_model_range
 from model.evaluate import causal_protocol
 from model.inference import make_reconstructor, score_clips
 from model.weights import load_weights
-from tests.service.serving import RunningServer, encode
+from tests.support.serving import RunningServer, encode
 
 JPEG = {"content-type": "image/jpeg"}
 

@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: setup serve test lint bench clean
+.PHONY: setup serve test lint docs docs-serve bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,21 @@ serve: $(STAMP)
 	$(VENV)/bin/vad serve --host $(HOST) --port $(PORT)
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check model service tests
+	$(VENV)/bin/ruff check model service bench tests
+	$(VENV)/bin/mkdocs build --strict --quiet --site-dir build/site
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check model service bench tests
+
+# The documentation site (docs/, mkdocs.yml); the settings table in docs/configuration.md is
+# generated from the configuration tree: `make docs` rewrites it, a test fails when it is stale.
+docs: $(STAMP)
+	$(PY) -m service.settings --write-docs docs/configuration.md
+	$(VENV)/bin/mkdocs build --strict --site-dir build/site
+
+docs-serve: $(STAMP)
+	$(VENV)/bin/mkdocs serve
 
 bench: $(STAMP)
 	$(VENV)/bin/vad bench

@@ -20,12 +20,12 @@ import cv2
 import numpy as np
 import torch
 
+from .backends import make_backend, score_clips
 from .data import DatasetError, FrameSet, frame_sort_key, list_videos, load_labels, split_folder
-from .inference import make_reconstructor, score_clips
+from .scoring import CAUSAL_WINDOW, trailing_mean, zscore
 from .weights import Calibration, LoadedWeights, load_weights
 
 PAPER_SIGMA = 3.0
-CAUSAL_WINDOW = 5
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -80,14 +80,6 @@ def gaussian_smooth(x: np.ndarray, sigma: float) -> np.ndarray:
     return np.convolve(padded, k, mode="valid")
 
 
-def trailing_mean(x: np.ndarray, window: int) -> np.ndarray:
-    """Causal smoothing: mean of the last `window` values (fewer at the start)."""
-    c = np.cumsum(np.r_[0.0, x.astype(np.float64)])
-    idx = np.arange(1, len(x) + 1)
-    lo = np.maximum(0, idx - window)
-    return (c[idx] - c[lo]) / (idx - lo)
-
-
 def paper_protocol(scores: np.ndarray, sigma: float = PAPER_SIGMA) -> np.ndarray:
     lo, hi = scores.min(), scores.max()
     normed = (scores - lo) / (hi - lo) if hi > lo else np.zeros_like(scores, dtype=np.float64)
@@ -95,8 +87,7 @@ def paper_protocol(scores: np.ndarray, sigma: float = PAPER_SIGMA) -> np.ndarray
 
 
 def causal_protocol(scores: np.ndarray, calibration: Calibration, window: int = CAUSAL_WINDOW) -> np.ndarray:
-    z = (np.log(np.maximum(scores, 1e-12)) - calibration.log_mean) / max(calibration.log_std, 1e-12)
-    return trailing_mean(z, window)
+    return trailing_mean(zscore(np.asarray(scores), calibration.log_mean, calibration.log_std), window)
 
 
 def protocol_metrics(per_video: list[np.ndarray], labels: list[np.ndarray]) -> dict[str, float]:
@@ -147,9 +138,7 @@ def score_videos(weights: LoadedWeights, options: EvaluateOptions) -> tuple[list
     frames = FrameSet.load(test_dir, cfg, videos)
     labels = load_labels(options.data, videos, [len(f) for f in frames.frames])
     extra = {} if options.backend == "torch" else {"dataset": options.data}  # int8 calibrates on training/
-    reconstructor = make_reconstructor(
-        weights.model, options.backend, options.precision, options.device, **extra
-    )
+    backend = make_backend(weights.model, options.backend, options.precision, options.device, **extra)
     center = weights.center if options.backend == "torch" else None
     results: list[VideoScores] = []
     seconds, count = 0.0, 0
@@ -161,7 +150,7 @@ def score_videos(weights: LoadedWeights, options: EvaluateOptions) -> tuple[list
             rows = index[start : start + options.batch_size]
             clips = torch.from_numpy(frames.clips(rows, cfg.frames))
             began = time.perf_counter()
-            s = score_clips(reconstructor, clips, center)
+            s = score_clips(backend, clips, center)
             seconds += time.perf_counter() - began
             count += len(rows)
             parts["score"].append(s.score.cpu().numpy())

@@ -1,6 +1,7 @@
-"""Frame scores from a reconstruction (Algorithm A1 and the paper's secondary scores).
+"""Frame scores from a reconstruction (Algorithm A1 and the paper's secondary scores), and the causal
+normalisation (z-score) and smoothing (trailing mean) of those scores.
 
-All functions take model-space images in [-1, 1]; the error is computed in [0, 1] pixel units.
+The image functions take model-space images in [-1, 1]; the error is computed in [0, 1] pixel units.
 """
 
 from __future__ import annotations
@@ -109,3 +110,54 @@ def psnr(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def feature_distance(feature: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
     """‖φ(Î) − c‖². (B, D), (D,) -> (B,)."""
     return (feature - center).square().sum(dim=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Causal normalisation and smoothing: the one definition used by training (calibration),
+# `vad evaluate` (causal protocol), the service's score stage and the backend parity check.
+
+#: Frames in the causal trailing mean of the normalised score (fixed before any test measurement).
+CAUSAL_WINDOW = 5
+_EPS = 1e-12
+
+
+def zscore(score, log_mean: float, log_std: float):  # float | np.ndarray -> same
+    """Normalised score z = (log score − μ) / σ, with μ, σ the log-score statistics of normal frames.
+
+    Works on a float or a numpy array (elementwise)."""
+    import numpy as np
+
+    if isinstance(score, np.ndarray):
+        return (np.log(np.maximum(score, _EPS)) - log_mean) / max(log_std, _EPS)
+    return (math.log(max(float(score), _EPS)) - log_mean) / max(log_std, _EPS)
+
+
+def zscore_inverse(z: float, log_mean: float, log_std: float) -> float:
+    """The raw score whose normalised value is `z` (inverse of `zscore`)."""
+    return math.exp(log_mean + z * max(log_std, _EPS))
+
+
+class TrailingMean:
+    """Causal smoothing: the mean of the last `window` values added (fewer at the start)."""
+
+    def __init__(self, window: int = CAUSAL_WINDOW) -> None:
+        if window < 1:
+            raise ValueError(f"a trailing mean needs a window of at least 1, got {window}")
+        self.window = window
+        self._values: list[float] = []
+        self._sum = 0.0
+
+    def add(self, value: float) -> float:
+        self._values.append(float(value))
+        if len(self._values) > self.window:
+            self._values.pop(0)
+        # Summed afresh (window values): no drift from a running sum over a months-long stream.
+        return math.fsum(self._values) / len(self._values)
+
+
+def trailing_mean(values, window: int = CAUSAL_WINDOW):  # np.ndarray (N,) -> np.ndarray (N,) float64
+    """`TrailingMean` over a whole series: element i is the mean of values[max(0, i-window+1) : i+1]."""
+    import numpy as np
+
+    smoother = TrailingMean(window)
+    return np.fromiter((smoother.add(v) for v in np.asarray(values, dtype=np.float64)), np.float64, len(values))

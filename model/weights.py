@@ -16,6 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .network import DESDnet, DESDnetConfig
+from .scoring import zscore, zscore_inverse
 
 FORMAT = "desdnet-weights/1"
 CENTER_KEY = "svdd.center"
@@ -42,9 +43,12 @@ class Calibration:
     threshold: float = 3.0
 
     def normalize(self, score: float) -> float:
-        import math
+        """The causal z-score of a raw patch score (`model.scoring.zscore`)."""
+        return zscore(score, self.log_mean, self.log_std)
 
-        return (math.log(max(score, 1e-12)) - self.log_mean) / max(self.log_std, 1e-12)
+    def raw_score(self, normalized: float) -> float:
+        """The raw patch score whose z-score is `normalized` (e.g. the threshold's, for heatmap colours)."""
+        return zscore_inverse(normalized, self.log_mean, self.log_std)
 
     @classmethod
     def from_scores(cls, scores: torch.Tensor) -> Calibration:
@@ -55,7 +59,7 @@ class Calibration:
         log_std = float(logs.std()) if len(s) > 1 else 1.0
         log_mean = float(logs.mean())
         # Default threshold: the normalised score of the largest normal score seen, plus a margin.
-        top = (float(logs.max()) - log_mean) / max(log_std, 1e-12)
+        top = zscore(float(s.max()), log_mean, log_std)
         return cls(
             count=len(s),
             mean=float(s.mean()),

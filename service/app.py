@@ -22,17 +22,18 @@ def _serialize(result: FrameResult) -> str:
     return FrameResultOut.from_domain(result).model_dump_json()
 
 
-def default_source_factory() -> SourceFactory:
-    """Live RTSP/HTTP cameras; imported lazily so PyAV loads only when the app is built."""
-    from .sources import source_factory
+def default_source_factory(settings: Settings) -> SourceFactory:
+    """Live RTSP/HTTP cameras with the `sources` settings; imported lazily so PyAV loads only when
+    the app is built."""
+    from .sources import factory_for
 
-    return source_factory
+    return factory_for(settings.sources)
 
 
 def create_app(settings: Settings, source_factory: SourceFactory | None | Literal["auto"] = "auto") -> FastAPI:
     """source_factory: builds live sources for POST /v1/streams with a non-"push" source; "auto" uses
-    `service.sources.source_factory`, None refuses live sources (422)."""
-    factory = default_source_factory() if source_factory == "auto" else source_factory
+    `service.sources.source_factory` with `settings.sources`, None refuses live sources (422)."""
+    factory = default_source_factory(settings) if source_factory == "auto" else source_factory
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -1,199 +1,131 @@
-"""`vad`: train, evaluate, info, export, serve, bench.
+"""`vad`: the root command, and `vad serve`.
 
-Heavy imports happen inside each command so `vad --help` stays fast. Errors the user can fix are
-printed as one line naming the file and the problem, with exit status 2.
+Each package registers its own commands on the root parser: `model.cli` (info, train, evaluate,
+recalibrate, export), this module (serve) and, when the `bench` package is present, `bench.cli`
+(bench, calibrate-backends). Heavy imports happen inside each command so `vad --help` stays fast.
+Errors the user can fix are printed as one line naming the file or setting and the problem, exit 2.
+
+`vad serve` has one flag per setting of the configuration tree (service/settings.py): `--port` for
+VAD_PORT, `--source-stall-timeout-s` for VAD_SOURCE_STALL_TIMEOUT_S, ...; a flag given on the
+command line overrides the environment, and a bad value stops the command before anything starts.
 """
 
 from __future__ import annotations
 
 import argparse
-import shlex
+import contextlib
+import importlib.util
+import logging
+import signal
 import sys
+import types
+import typing
 from pathlib import Path
 
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "ped2-lite.safetensors"
+from pydantic import SecretStr
+
+from model.cli import CliError
+from model.cli import register as register_model_commands
+
+from .settings import SECTIONS, SettingInfo, Settings, SettingsError, all_settings, type_name
 
 
-class CliError(Exception):
-    pass
+def _flag_type(annotation: object) -> tuple[object, list[str] | None]:
+    """argparse type and choices for a setting's annotation."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        annotation = args[0]
+    if typing.get_origin(annotation) is typing.Literal:
+        return str, [str(a) for a in typing.get_args(annotation)]
+    if annotation in (int, float):
+        return annotation, None
+    if annotation is Path:
+        return Path, None
+    if annotation is SecretStr:
+        return str, None
+    return str, None  # networks, JSON objects: validated by the settings tree
 
 
-def _config_from_args(args: argparse.Namespace):  # -> DESDnetConfig
-    from model import DESDnetConfig
-
-    config = DESDnetConfig.named(args.config)
-    changes = {}
-    if getattr(args, "image_size", None):
-        scale = args.image_size / config.image_size
-        changes.update(
-            image_size=args.image_size,
-            patch_size=max(1, round(config.patch_size * scale)),
-            patch_stride=max(1, round(config.patch_stride * scale)),
-        )
-    if getattr(args, "width", None):
-        changes["base_width"] = args.width
-    if getattr(args, "channels", None):
-        changes["channels"] = args.channels
-    if getattr(args, "mode", "both") != "both":
-        changes["use_prediction"] = args.mode == "prediction"
-        changes["use_reconstruction"] = args.mode == "reconstruction"
-    return config.with_(**changes) if changes else config
+def _help(info: SettingInfo) -> str:
+    default = info.default
+    shown = "" if default in (None, (), {}) or isinstance(default, SecretStr) else f"; default {default}"
+    return f"{info.description} ({type_name(info.annotation).replace(chr(92), '')}{shown}; env {info.env})"
 
 
-def cmd_info(args: argparse.Namespace) -> None:
-    from model.network import DESDnet, count_flops
-
-    config = _config_from_args(args)
-    net = DESDnet(config)
-    print(f"configuration: {args.config}  {config.to_json()}")
-    print(f"parameters: {net.num_parameters() / 1e6:.2f} M "
-          f"({net.num_parameters(with_mapping=False) / 1e6:.2f} M without the mapping encoder)")
-    print(f"GFLOP per frame: {count_flops(net) / 1e9:.1f} "
-          f"({count_flops(net, with_feature=False) / 1e9:.1f} without the mapping encoder)")
-
-
-def cmd_train(args: argparse.Namespace) -> None:
-    import torch
-
-    from model.train import TrainConfig, train
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    cfg = TrainConfig(
-        data=Path(args.data),
-        output=Path(args.output),
-        model=_config_from_args(args),
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        rgb_weight=args.rgb_weight,
-        compact_weight=0.0 if args.no_compact else args.compact_weight,
-        erasure=not args.no_erasure,
-        erasure_batches=args.erasure_batches,
-        calibration_videos=args.calibration_videos,
-        max_clips_per_epoch=args.max_clips,
-        checkpoint_dir=Path(args.checkpoint_dir) if args.checkpoint_dir else None,
-        resume=args.resume,
-        progress=not args.quiet,
-        command="vad " + shlex.join(sys.argv[1:]),
+def add_serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "serve",
+        help="run the HTTP/WebSocket scoring service",
+        description="Run the service. Every setting is a flag here and an environment variable "
+        "(VAD_<NAME>, e.g. VAD_PORT=9000); a flag overrides the environment. The table of every setting "
+        "is in docs/configuration.md.",
     )
-    state = train(cfg)
-    print(f"wrote {cfg.output} after {state.epoch} epochs ({state.wall_seconds / 60:.1f} min)")
+    groups = {name: p.add_argument_group(f"{name} settings", (section.__doc__ or "").strip())
+              for name, section in SECTIONS.items()}
+    for info in all_settings():
+        group = groups[info.section]
+        if info.annotation is bool:
+            group.add_argument(info.flag, dest=info.key, action=argparse.BooleanOptionalAction, default=None,
+                               help=_help(info))
+            continue
+        kind, choices = _flag_type(info.annotation)
+        group.add_argument(info.flag, dest=info.key, type=kind, choices=choices, default=None,  # type: ignore[arg-type]
+                           help=_help(info), metavar=info.key.upper() if choices is None else None)
+    p.set_defaults(func=cmd_serve)
 
 
-def cmd_evaluate(args: argparse.Namespace) -> None:
-    from model.evaluate import EvaluateOptions, evaluate, format_report
+def load_settings(args: argparse.Namespace) -> Settings:
+    given = {i.key: getattr(args, i.key) for i in all_settings() if getattr(args, i.key, None) is not None}
+    try:
+        return Settings.load(given)
+    except SettingsError as exc:
+        raise CliError(str(exc)) from exc
 
-    report = evaluate(
-        EvaluateOptions(
-            weights=Path(args.weights),
-            data=Path(args.data),
-            batch_size=args.batch_size,
-            plots=Path(args.plots) if args.plots else None,
-            localization=args.localization,
-            backend=args.backend,
-            precision=args.precision,
-            progress=not args.quiet and not args.json,
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from .app import ServiceServer, create_app
+
+    settings = load_settings(args)
+    server_settings = settings.server
+    logging.basicConfig(level=server_settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not settings.model.weights.is_file():
+        logging.getLogger("vad.serve").error(
+            "weights file %s does not exist (train one with `vad train`, or pass --weights); "
+            "serving anyway, /readyz answers 503 until restarted with weights", settings.model.weights,
         )
+    app = create_app(settings)
+    server = ServiceServer(
+        # Score messages are a few hundred bytes of JSON: compressing each costs more CPU than
+        # it saves on the wire, on the cores the model needs.
+        uvicorn.Config(app, host=server_settings.host, port=server_settings.port,
+                       log_level=server_settings.log_level, timeout_graceful_shutdown=10,
+                       ws_per_message_deflate=False),
+        app,
     )
-    if args.update_card:
-        from model.card import add_evaluation
 
-        print(f"updated {add_evaluation(Path(args.weights), report)}", file=sys.stderr)
-    if args.json:
-        import json
+    def terminated(signum: int, frame: object) -> None:
+        # uvicorn shuts down gracefully on SIGTERM, then raises it again: with this handler then in
+        # place, a graceful stop exits with status 0 (as after Ctrl-C) instead of dying of SIGTERM.
+        raise SystemExit(0)
 
-        print(json.dumps(report, indent=2))
-    else:
-        print(format_report(report))
-
-
-def cmd_recalibrate(args: argparse.Namespace) -> None:
-    from model.train import recalibrate
-
-    output = Path(args.output or args.weights)
-    old, new = recalibrate(Path(args.weights), Path(args.data), output, args.patch_size, args.patch_stride,
-                           args.note or "")
-    print(f"wrote {output}: log-score mean {old.log_mean:.4f} -> {new.log_mean:.4f}, "
-          f"sigma {old.log_std:.4f} -> {new.log_std:.4f}, threshold {old.threshold:g} -> {new.threshold:g}")
-    print(f"re-run `vad evaluate --weights {output} --data {args.data} --update-card` for its card's figures")
+    signal.signal(signal.SIGTERM, terminated)
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C, raised again by uvicorn after its graceful shutdown
+        server.run()
+    if not server.started:
+        raise SystemExit(3)  # uvicorn's status when the server could not start (e.g. port in use)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vad", description="DESDnet video anomaly detection")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    def model_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--config", choices=["paper", "lite"], default="lite")
-        p.add_argument("--image-size", type=int, help="override the input size (score window scales with it)")
-        p.add_argument("--width", type=int, help="override the base width (64 in the paper)")
-        p.add_argument("--channels", type=int, choices=[1, 3], help="override the image channels")
-
-    p = sub.add_parser("info", help="parameters and GFLOP per frame of a configuration")
-    model_args(p)
-    p.set_defaults(func=cmd_info)
-
-    p = sub.add_parser("train", help="train on ROOT/training, write weights + model card")
-    model_args(p)
-    p.add_argument("--data", required=True, help="dataset root holding training/ (and testing/)")
-    p.add_argument("--output", required=True, help="weights file to write (.safetensors)")
-    p.add_argument("--epochs", type=int, default=60)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--rgb-weight", type=float, default=0.2, help="λ of the weighted RGB loss (Table E4)")
-    p.add_argument("--compact-weight", type=float, default=0.01)
-    p.add_argument("--no-compact", action="store_true", help="ablation: no Deep SVDD loss (Table D2)")
-    p.add_argument("--no-erasure", action="store_true", help="ablation: no reverse erasure (Table E2)")
-    p.add_argument("--erasure-batches", type=int, default=8)
-    p.add_argument("--mode", choices=["both", "prediction", "reconstruction"], default="both",
-                   help="ablation: one stream only (Table D1)")
-    p.add_argument("--calibration-videos", type=int, default=1,
-                   help="last N training videos held out to calibrate the causal score")
-    p.add_argument("--max-clips", type=int, default=0, help="clips per epoch (0 = all)")
-    p.add_argument("--checkpoint-dir", help="default: OUTPUT with suffix .ckpt")
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("evaluate", help="frame-level AUC / EER under the paper and causal protocols")
-    p.add_argument("--weights", default=str(DEFAULT_WEIGHTS))
-    p.add_argument("--data", required=True, help="dataset root holding testing/")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--plots", help="folder for one score-curve PNG per test video")
-    p.add_argument("--localization", action="store_true",
-                   help="also measure heatmap mass inside testing/masks")
-    p.add_argument("--backend", default="torch")
-    p.add_argument("--precision", default="fp32")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--update-card", action="store_true",
-                   help="merge the results into the model card beside the weights (.json and .md)")
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=cmd_evaluate)
-
-    p = sub.add_parser(
-        "recalibrate",
-        help="change a weights file's score window and measure its calibration again (no training)",
-    )
-    p.add_argument("--weights", required=True)
-    p.add_argument("--data", required=True, help="dataset root holding the training/ videos held out for calibration")
-    p.add_argument("--patch-size", type=int, help="score window side in model pixels")
-    p.add_argument("--patch-stride", type=int, help="score window stride in model pixels")
-    p.add_argument("--output", help="weights file to write (default: overwrite --weights)")
-    p.add_argument("--note", help="why, recorded in the weights' metadata and card")
-    p.set_defaults(func=cmd_recalibrate)
-
-    _add_service_commands(sub)
+    register_model_commands(sub)
+    add_serve_parser(sub)
+    if importlib.util.find_spec("bench") is not None and importlib.util.find_spec("bench.cli") is not None:
+        importlib.import_module("bench.cli").register(sub)
     return parser
-
-
-def _add_service_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """serve / export / bench live with the service; registered here so `vad` is one command."""
-    from service import commands
-
-    commands.register(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

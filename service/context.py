@@ -13,10 +13,11 @@ from starlette.concurrency import run_in_threadpool
 
 from model.weights import WeightsError
 
-from .domain import DROP_SHUTDOWN, FrameResult
-from .infer import FrameQueue, InferenceWorker, ModelRuntime, load_runtime
+from .domain import DropReason, FrameResult
+from .infer import FrameQueue, InferenceWorker
 from .metrics import ServiceMetrics
 from .publish import ScoreHub
+from .runtime import ModelRuntime, load_runtime
 from .score import Scorer
 from .settings import Settings
 from .streams import SourceFactory, StreamManager
@@ -33,8 +34,9 @@ class ServiceContext:
     ) -> None:
         self.settings = settings
         self.metrics = ServiceMetrics()
-        self.hub = ScoreHub(settings.websocket_queue_size, settings.websocket_stuck_seconds, serialize, self.metrics)
-        self.queue = FrameQueue(settings.max_pending_per_stream, settings.max_pending_stateless)
+        publish, inference = settings.publish, settings.inference
+        self.hub = ScoreHub(publish.websocket_queue_size, publish.websocket_stuck_seconds, serialize, self.metrics)
+        self.queue = FrameQueue(inference.max_pending_per_stream, inference.max_pending_stateless)
         self.source_factory = source_factory
         self.runtime: ModelRuntime | None = None
         self.scorer: Scorer | None = None
@@ -53,8 +55,8 @@ class ServiceContext:
             metrics=self.metrics,
             publish=self.hub.publish,
             on_stream_deleted=self._stream_deleted,
-            max_streams=self.settings.max_streams,
-            heatmap_history=self.settings.heatmap_history,
+            max_streams=self.settings.limits.max_streams,
+            heatmap_history=self.settings.limits.heatmap_history,
             source_factory=self.source_factory,
             readiness=self.not_ready_reason,
         )
@@ -71,15 +73,13 @@ class ServiceContext:
         return None
 
     async def start(self) -> None:
-        s = self.settings
+        s = self.settings.model
         self.hub.bind(asyncio.get_running_loop())
         if s.torch_threads:
             torch.set_num_threads(s.torch_threads)
         try:
             # Loading and the warm-up batch block: keep them off the event loop.
-            self.runtime = await run_in_threadpool(
-                load_runtime, s.weights, s.device, s.backend, s.precision, s.threshold
-            )
+            self.runtime = await run_in_threadpool(load_runtime, s)
         except (WeightsError, ValueError, RuntimeError, OSError, ImportError) as exc:
             self.load_error = f"cannot load the model: {exc}"
             log.error("%s; the server runs but /readyz answers 503 until it is restarted with usable weights",
@@ -96,17 +96,19 @@ class ServiceContext:
         if rt is None:
             self.metrics.model.info({"weights": s.weights.name, "loaded": "false"})
             return
+        inference = self.settings.inference
         self.worker = InferenceWorker(
             rt, self.queue, self.manager.complete_batch, self.metrics,
-            max_batch=s.max_batch, batch_wait_ms=s.batch_wait_ms, extra_latency_ms=s.extra_inference_latency_ms,
+            max_batch=inference.max_batch, batch_wait_ms=inference.batch_wait_ms,
+            extra_latency_ms=inference.extra_inference_latency_ms,
         )
         self.worker.start()
         self.metrics.model.info({
-            "weights": s.weights.name, "loaded": "true", "config": rt.config.to_json(), "backend": rt.backend,
+            "weights": s.weights.name, "loaded": "true", "config": rt.config.to_json(), "backend": rt.backend_name,
             "precision": rt.precision, "device": rt.device, "threshold": f"{rt.threshold:g}",
             "calibration": "weights" if rt.calibration_source == "weights" else "backend record",
         })
-        log.info("model %s loaded on %s (%s/%s), threshold %.3f", s.weights, rt.device, rt.backend, rt.precision,
+        log.info("model %s loaded on %s (%s/%s), threshold %.3f", s.weights, rt.device, rt.backend_name, rt.precision,
                  rt.threshold)
 
     async def begin_shutdown(self, timeout: float = 2.0) -> None:
@@ -124,7 +126,7 @@ class ServiceContext:
         self.stopping = True
         self.hub.close_all()
         await run_in_threadpool(self.manager.close)  # live sources' stop() may block briefly
-        self.manager.drop_jobs(self.queue.close(), DROP_SHUTDOWN)
+        self.manager.drop_jobs(self.queue.close(), DropReason.SHUTDOWN)
         if self.worker is not None:
             await run_in_threadpool(self.worker.stop)
 

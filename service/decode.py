@@ -19,7 +19,8 @@ from .domain import ImageTooLarge, InvalidImage, UnsupportedMediaType
 
 # Content types accepted for a frame; octet-stream means "look at the bytes".
 ACCEPTED_CONTENT_TYPES = {"image/jpeg", "image/jpg", "image/png", "application/octet-stream"}
-ACCEPTED_FORMATS = {"JPEG", "PNG"}
+# MPO: a multi-picture JPEG (phone cameras); its first picture is a plain JPEG stream that OpenCV decodes.
+ACCEPTED_FORMATS = {"JPEG", "MPO", "PNG"}
 
 
 def check_content_type(content_type: str | None) -> None:

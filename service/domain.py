@@ -7,19 +7,38 @@ These are plain frozen dataclasses, independent of HTTP: the API turns them into
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Literal
 
-StreamState = Literal["starting", "warming", "running", "reconnecting", "stopped", "failed"]
-STREAM_STATES: tuple[StreamState, ...] = ("starting", "warming", "running", "reconnecting", "stopped", "failed")
+
+class StreamState(StrEnum):
+    """The one vocabulary of a stream's (and its live source's) state."""
+
+    STARTING = "starting"  # created; no frame yet
+    WARMING = "warming"  # fewer than T frames in the ring (at start, after a reset or a size change)
+    RUNNING = "running"  # every frame is scored
+    RECONNECTING = "reconnecting"  # a live source lost its camera and is reopening it
+    STOPPED = "stopped"  # deleted, or the service is shutting down
+    FAILED = "failed"  # a live source gave up (refused URL, max_attempts reached)
+
+
+class DropReason(StrEnum):
+    """Why a frame was not scored: the `reason` of a dropped result and the label of
+    vad_frames_dropped_total. Every accepted frame ends scored, warming, or dropped with one of these."""
+
+    # In the stream manager, after the frame was accepted:
+    OVERLOAD = "overload"  # a newer frame of the same stream arrived while this one still waited
+    STREAM_DELETED = "stream_deleted"
+    SHUTDOWN = "shutdown"
+    INFERENCE_ERROR = "inference_error"
+    # In a live source, before the frame reaches the stream:
+    STALE = "stale"  # a newer frame arrived before the stream took this one, or it aged out
+    MAX_FPS = "max_fps"  # thinned to the stream's max_fps
+    SINK_ERROR = "sink_error"  # the stream refused it (e.g. deleted meanwhile)
+    DECODE_ERROR = "decode_error"  # a packet the decoder could not decode
+
 
 FrameStatus = Literal["warming", "scored", "dropped"]
-
-# Why a frame that was accepted was not scored. Every accepted frame ends scored, warming, or dropped
-# with one of these reasons (in its response, its WebSocket-less result and the metrics).
-DROP_OVERLOAD = "overload"  # a newer frame of the same stream arrived while this one still waited
-DROP_STREAM_DELETED = "stream_deleted"
-DROP_SHUTDOWN = "shutdown"
-DROP_INFERENCE_ERROR = "inference_error"
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
-"""Inference stage: the loaded model, the bounded queue of clips waiting for it, and the one worker
-thread that owns the model and scores clips of all streams in micro-batches.
+"""Inference stage: the bounded queue of clips waiting for the model, and the one worker thread that
+owns the model (service/runtime.py) and scores clips of all streams in micro-batches.
 
 Queue drop policy, "drop-oldest-per-stream": each stream may have at most `max_pending_per_stream`
 clips waiting. A newer frame evicts that stream's oldest waiting clip (reason "overload"), so scores
@@ -30,71 +30,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from model.inference import ClipScores, Reconstructor, make_reconstructor, score_clips
-from model.weights import Calibration, LoadedWeights, load_weights
+from model.backends import ClipScores, score_clips
 
 from .domain import Overloaded
 from .metrics import ServiceMetrics
+from .runtime import ModelRuntime
 
 log = logging.getLogger("vad.infer")
 
 ACTIVE_PRODUCER_S = 1.0
-
-
-@dataclass(frozen=True)
-class ModelRuntime:
-    weights: LoadedWeights
-    reconstructor: Reconstructor
-    device: str
-    backend: str
-    precision: str
-    threshold: float
-    calibration: Calibration  # the causal z-score's statistics for this backend (see load_runtime)
-    calibration_source: str
-
-    @property
-    def config(self):  # -> DESDnetConfig
-        return self.weights.config
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device cuda was asked for but torch sees no CUDA GPU")
-    return device
-
-
-def load_runtime(
-    weights_path, device: str, backend: str, precision: str, threshold: float | None
-) -> ModelRuntime:
-    """Load weights, build the backend and run one warm-up batch (so a broken backend fails here,
-    at startup, rather than on the first frame). Raises WeightsError, ValueError or RuntimeError."""
-    resolved = resolve_device(device)
-    weights = load_weights(weights_path, device=resolved)
-    if backend == "auto":  # the fastest backend that passed parity here (service/backend_select.py)
-        from .backend_select import build_auto
-
-        backend, precision, reconstructor = build_auto(weights.model, resolved)
-    else:
-        reconstructor = make_reconstructor(weights.model, backend, precision, resolved)
-    cfg = weights.config
-    warmup = torch.zeros(1, cfg.frames * cfg.channels, cfg.image_size, cfg.image_size)
-    score_clips(reconstructor, warmup)
-    # A quantised backend's scores can carry a uniform bias: its own calibration (measured by
-    # `vad calibrate-backends` on the same held-out videos) keeps the z-score and threshold honest.
-    calibration, source = weights.calibration, "weights"
-    if (backend, precision) != ("torch", "fp32"):
-        from .backend_select import backend_calibration
-
-        own, why = backend_calibration(weights.model, backend, precision, resolved)
-        if own is not None:
-            calibration, source = own, why
-        else:
-            log.warning("%s/%s: %s; the causal score uses the weights' fp32 calibration "
-                        "(run `vad calibrate-backends` to measure this backend's)", backend, precision, why)
-    chosen = calibration.threshold if threshold is None else threshold
-    return ModelRuntime(weights, reconstructor, resolved, backend, precision, float(chosen), calibration, source)
 
 
 @dataclass(eq=False)
@@ -290,8 +234,7 @@ class InferenceWorker:
         try:
             if self.extra_latency_s:
                 time.sleep(self.extra_latency_s)  # test aid: a slower model, to provoke overload
-            scores = score_clips(self.runtime.reconstructor, clips)
-            scores = ClipScores(*(t.detach().cpu() if t is not None else None for t in _fields(scores)))
+            scores = score_clips(self.runtime.backend, clips).cpu()
         except Exception as exc:  # one bad batch must not stop the worker; its frames are answered
             log.exception("inference failed for a batch of %d clips", len(batch))
             self.metrics.inference_errors.inc()
@@ -302,7 +245,3 @@ class InferenceWorker:
         self.metrics.batch_size.observe(len(batch))
         self.queue.finished(batch)
         self.sink(batch, scores, None)
-
-
-def _fields(scores: ClipScores) -> tuple[torch.Tensor | None, ...]:
-    return (scores.score, scores.y, scores.x, scores.mse, scores.errors, scores.feature_distance)

@@ -23,7 +23,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .domain import STREAM_STATES
+from .domain import DropReason, StreamState
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256)
@@ -47,8 +47,8 @@ class _LiveGauges(Collector):
         )
         states = GaugeMetricFamily("vad_streams", "Open streams by state", labels=["state"])
         counts = self.stream_states()
-        for state in STREAM_STATES:
-            states.add_metric([state], counts.get(state, 0))
+        for state in StreamState:
+            states.add_metric([state.value], counts.get(state, 0))
         yield states
         yield GaugeMetricFamily(
             "vad_websocket_clients", "Connected WebSocket score subscribers", value=self.websocket_clients()
@@ -105,6 +105,14 @@ class ServiceMetrics:
         self.websocket_disconnects = Counter(
             "vad_websocket_disconnects", "WebSocket clients gone, by reason", ["reason"], registry=r
         )
+        self.source_reconnects = Counter(
+            "vad_source_reconnects", "Live source reopen attempts after a failed open, a drop or a stall",
+            ["stream"], registry=r,
+        )
+        self.source_stalls = Counter(
+            "vad_source_stalls", "Live sources that sent no frame for stall_timeout while connected",
+            ["stream"], registry=r,
+        )
         self.model = Info("vad_model", "Loaded model: weights file, configuration, backend", registry=r)
         self.live = _LiveGauges()
         r.register(self.live)
@@ -112,14 +120,23 @@ class ServiceMetrics:
         self._stream_reasons: dict[str, set[str]] = {}
         self._lock = threading.Lock()
 
-    def dropped(self, stream: str, reason: str, count: int = 1) -> None:
+    # The three calls below make a ServiceMetrics the `SourceMetrics` of live sources (service/sources.py).
+    def reconnect(self, stream: str) -> None:
+        self.source_reconnects.labels(stream).inc()
+
+    def stall(self, stream: str) -> None:
+        self.source_stalls.labels(stream).inc()
+
+    def dropped(self, stream: str, reason: DropReason, count: int = 1) -> None:
+        """Count frames of `stream` not scored, in the manager or before it in a live source."""
         with self._lock:
             self._stream_reasons.setdefault(stream, set()).add(reason)
         self.frames_dropped.labels(stream, reason).inc(count)
 
     def forget_stream(self, stream: str) -> None:
         """Remove a deleted stream's label sets."""
-        for counter in (self.frames_received, self.frames_warming, self.frames_scored, self.anomalies):
+        for counter in (self.frames_received, self.frames_warming, self.frames_scored, self.anomalies,
+                        self.source_reconnects, self.source_stalls):
             with contextlib.suppress(KeyError):
                 counter.remove(stream)
         with self._lock:

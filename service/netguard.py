@@ -14,7 +14,6 @@ everything that reaches a response, a log line or a metric label.
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
 import socket
 import threading
@@ -87,10 +86,6 @@ def parse_networks(value: str | Iterable[str] | None) -> tuple[AnyNetwork, ...]:
         except ValueError as exc:
             raise ValueError(f"allowed source networks: {item!r} is not a CIDR network ({exc})") from None
     return tuple(networks)
-
-
-def networks_from_env(name: str = "VAD_ALLOWED_SOURCE_NETWORKS") -> tuple[AnyNetwork, ...]:
-    return parse_networks(os.environ.get(name, ""))
 
 
 def redact_url(url: str) -> str:

@@ -1,8 +1,8 @@
 """Score stage: one row of ClipScores -> a FrameResult, under the causal protocol of `vad evaluate`.
 
-normalized_score = calibration.normalize(score) (z of the log score on held-out normal frames);
-smoothed_score = trailing mean of the stream's last CAUSAL_WINDOW normalised scores (fewer at the
-start and after a buffer reset); is_anomaly = smoothed_score >= threshold. Stateless requests have no
+normalized_score = calibration.normalize(score) (`model.scoring.zscore`: z of the log score on held-out
+normal frames); smoothed_score = `model.scoring.TrailingMean` of the stream's last CAUSAL_WINDOW
+normalised scores (fewer at the start and after a buffer reset); is_anomaly = smoothed_score >= threshold. Stateless requests have no
 history: their smoothed score is their normalised score.
 
 Runs on the inference worker thread; the lock only guards `forget` from API threads.
@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
 
-from model.evaluate import CAUSAL_WINDOW
 from model.network import DESDnetConfig
+from model.scoring import CAUSAL_WINDOW, TrailingMean
 from model.weights import Calibration
 
 from .domain import FrameResult, Patch
@@ -38,7 +37,7 @@ class Scorer:
         self.calibration = calibration
         self.threshold = threshold
         self.window = window
-        self._history: dict[str, tuple[int, deque[float]]] = {}
+        self._history: dict[str, tuple[int, TrailingMean]] = {}
         self._lock = threading.Lock()
 
     def forget(self, stream_id: str) -> None:
@@ -51,10 +50,9 @@ class Scorer:
         with self._lock:
             known = self._history.get(stream_id)
             if known is None or known[0] != epoch:  # new stream or buffer reset: start again
-                known = (epoch, deque(maxlen=self.window))
+                known = (epoch, TrailingMean(self.window))
                 self._history[stream_id] = known
-            known[1].append(normalized)
-            return float(np.mean(known[1]))
+            return known[1].add(normalized)
 
     def patch(self, y: int, x: int, frame_size: tuple[int, int]) -> Patch:
         """Top window from model pixels to the original frame's pixels (the resize is not aspect-preserving)."""
@@ -102,5 +100,4 @@ class Scorer:
 
     def threshold_score(self) -> float:
         """The raw patch score whose normalised value equals the threshold (heatmap colour scale)."""
-        c = self.calibration
-        return float(np.exp(c.log_mean + self.threshold * max(c.log_std, 1e-12)))
+        return self.calibration.raw_score(self.threshold)

@@ -1,40 +1,107 @@
-"""Service settings: environment variables with the prefix VAD_ (e.g. VAD_PORT=9000), or `vad serve` flags.
+"""The one configuration tree of the service: every `VAD_*` environment variable is defined here, once.
 
-Nothing is built at import time: `create_app(Settings(...))` receives an instance.
+    settings = Settings.load()                       # environment only; SettingsError on a bad value
+    settings = Settings.load({"port": 9000})         # flags override the environment
+    settings.server.port, settings.model.weights, settings.sources.stall_timeout_s, ...
+
+Each section is a pydantic-settings model with its own environment prefix, so the variables keep
+short flat names (VAD_PORT, VAD_MAX_BATCH, VAD_SOURCE_STALL_TIMEOUT_S). A setting's *key* is its
+variable without the prefix, lower case (`port`, `source_stall_timeout_s`); `vad serve` has one flag
+per key (`--port`, `--source-stall-timeout-s`) and `Settings.from_flat(**keys)` builds a tree from
+keys. New sections (events, storage, ...) are added to `SECTIONS` and appear in `vad serve --help`
+and the generated table of docs/configuration.md (`python -m service.settings --write-docs FILE`).
+
+Nothing is built at import time: `create_app(settings)` receives an instance.
 """
 
 from __future__ import annotations
 
+import difflib
+import ipaddress
+import json
+import logging
+import os
+import sys
+import types
+import typing
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from service.cli import DEFAULT_WEIGHTS
+ENV_PREFIX = "VAD_"
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "ped2-lite.safetensors"
+
+AnyNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+# PIL refuses to read a header above 2 * Image.MAX_IMAGE_PIXELS (its decompression-bomb error), so a
+# larger pixel cap could not be honoured.
+PIL_HEADER_LIMIT = 2 * 89_478_485
+
+log = logging.getLogger("vad.settings")
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="VAD_", extra="forbid", validate_default=True)
+class SettingsError(ValueError):
+    """A setting with a bad value; the message is one line naming the variable (or flag) and why."""
 
-    # Server
+
+class _Section(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
+
+
+class ServerSettings(_Section):
+    """Where the service listens, who may call it, how much it logs."""
+
     host: str = Field("127.0.0.1", description="interface to bind (0.0.0.0 for all)")
     port: int = Field(8000, ge=0, le=65535, description="TCP port")
+    api_token: SecretStr | None = Field(
+        None, description="when set, every endpoint but /healthz and the docs needs `Authorization: Bearer TOKEN`"
+    )
+    metrics_require_token: bool = Field(False, description="also protect /metrics with the token")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="log level")
 
-    # Model
+    @field_validator("api_token")
+    @classmethod
+    def _empty_token_is_none(cls, value: SecretStr | None) -> SecretStr | None:
+        # VAD_API_TOKEN="" should mean "no token", not "the empty token".
+        return value if value is not None and value.get_secret_value() else None
+
+
+class ModelSettings(_Section):
+    """Which weights run, on which backend, and where exported models are cached."""
+
     weights: Path = Field(DEFAULT_WEIGHTS, description="weights file (.safetensors) written by `vad train`")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available, else cpu")
-    backend: str = Field(
+    backend: Literal["auto", "torch", "onnxruntime", "openvino"] = Field(
         "torch",
         description="inference backend: torch, or onnxruntime/openvino when installed; auto: the fastest "
         "backend and precision that passed parity on this machine (`vad calibrate-backends`), else torch fp32",
     )
-    precision: str = Field("fp32", description="fp32, bf16 or fp16 (backend permitting)")
+    precision: Literal["fp32", "bf16", "fp16", "int8"] = Field(
+        "fp32", description="fp32, bf16, fp16 or int8 (backend permitting; ignored with backend auto)"
+    )
     threshold: float | None = Field(
         None, description="anomaly threshold on the smoothed normalised score; default: the weights' calibration"
     )
+    torch_threads: int = Field(0, ge=0, description="intra-op threads for the model (0: torch's default)")
+    cache_dir: Path = Field(
+        Path.home() / ".cache" / "vad", description="folder for exported and quantised models (onnxruntime, openvino)"
+    )
+    backend_record: Path | None = Field(
+        None,
+        description="backend record read by backend auto (default: CACHE_DIR/backends/<weights digest>-<device>.json, "
+        "where `vad calibrate-backends` writes it)",
+    )
+    calibration_data: Path | None = Field(
+        None, description="dataset root whose training/ clips calibrate an int8 backend the first time it is built"
+    )
 
-    # Inference worker
+
+class InferenceSettings(_Section):
+    """The batched inference worker and its bounded queue."""
+
     max_batch: int = Field(8, ge=1, le=256, description="most clips scored in one forward pass")
     batch_wait_ms: float = Field(
         2.0, ge=0, le=1000,
@@ -53,16 +120,23 @@ class Settings(BaseSettings):
         0.0, ge=0, description="test aid: sleep added to every batch to simulate a slower model"
     )
 
-    # Streams and inputs
+
+class LimitSettings(_Section):
+    """Bounds on what clients may open and send."""
+
     max_streams: int = Field(16, ge=1, le=10000, description="most streams open at once (more: 429)")
     max_upload_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="largest encoded image accepted (413)")
     max_pixels: int = Field(
-        4096 * 4096, ge=64, description="largest width*height accepted, checked from the header before decoding"
+        4096 * 4096, ge=64, le=PIL_HEADER_LIMIT,
+        description="largest width*height accepted, checked from the header before decoding",
     )
     upload_timeout_seconds: float = Field(30.0, gt=0, description="longest time to receive one request body (408)")
     heatmap_history: int = Field(16, ge=1, le=1000, description="scored frames per stream kept for /heatmap")
 
-    # WebSocket publishing
+
+class PublishSettings(_Section):
+    """WebSocket score feeds."""
+
     websocket_queue_size: int = Field(
         64, ge=1, le=100000, description="messages buffered per WebSocket client; beyond it the oldest is dropped"
     )
@@ -70,17 +144,284 @@ class Settings(BaseSettings):
         10.0, gt=0, description="a client that accepts no message for this long is disconnected"
     )
 
-    # Security
-    api_token: SecretStr | None = Field(
-        None, description="when set, every endpoint but /healthz and the docs needs `Authorization: Bearer TOKEN`"
+
+class SourceSettings(_Section):
+    """Live RTSP/HTTP cameras: timeouts, reconnect policy and which networks they may be on."""
+
+    open_timeout_s: float = Field(10.0, gt=0, description="connect + handshake + stream probing")
+    stall_timeout_s: float = Field(
+        5.0, gt=0, description="no frame for this long while connected: reopen (also the read timeout)"
     )
-    metrics_require_token: bool = Field(False, description="also protect /metrics with the token")
+    backoff_initial_s: float = Field(0.5, gt=0, description="first delay before reopening a lost camera")
+    backoff_max_s: float = Field(30.0, gt=0, description="longest delay between reopen attempts")
+    backoff_factor: float = Field(2.0, ge=1, description="each failed attempt multiplies the delay by this")
+    backoff_jitter: float = Field(0.1, ge=0, le=1, description="+- this fraction of each delay, at random")
+    max_attempts: int | None = Field(
+        None, ge=1, description="consecutive failed opens before the stream is failed (unset: retry for ever)"
+    )
+    gap_reset_s: float = Field(
+        2.0, gt=0, description="frames further apart than this (receipt or presentation time): reset the ring"
+    )
+    max_frame_age_s: float = Field(1.0, gt=0, description="older decoded frames are never handed to the model")
+    rtsp_transport: Literal["tcp", "udp", "http", "https"] = Field(
+        "tcp", description="RTSP transport (tcp: one connection, firewall/NAT friendly, no UDP ports to other hosts)"
+    )
+    decoder_threads: int = Field(1, ge=1, le=64, description="FFmpeg decoder threads per camera")
+    allowed_networks: Annotated[tuple[AnyNetwork, ...], NoDecode] = Field(
+        (),
+        validation_alias=AliasChoices("VAD_ALLOWED_SOURCE_NETWORKS", "allowed_networks"),
+        description="comma-separated networks cameras may be on (e.g. 10.0.0.0/8,192.168.1.0/24); "
+        "empty: public addresses only (loopback, private and link-local refused)",
+    )
+    resolve_timeout_s: float = Field(3.0, gt=0, description="longest DNS lookup of a camera's host")
+    pin_address: bool = Field(
+        True, description="rtsp://: connect to the address that was checked, not a second DNS answer"
+    )
+    tls_verify: bool = Field(
+        False, description="rtsps/https: verify the camera's certificate (most cameras are self-signed)"
+    )
+    stop_timeout_s: float = Field(2.0, gt=0, description="longest wait for a camera's threads when it is stopped")
+    extra_options: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict, description="more FFmpeg options, as a JSON object (tuning)"
+    )
 
-    torch_threads: int = Field(0, ge=0, description="intra-op threads for the model (0: torch's default)")
-    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="log level")
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX + "SOURCE_", extra="forbid", validate_default=True, populate_by_name=True
+    )
 
-    @field_validator("api_token")
+    @field_validator("allowed_networks", mode="before")
     @classmethod
-    def _empty_token_is_none(cls, value: SecretStr | None) -> SecretStr | None:
-        # VAD_API_TOKEN="" should mean "no token", not "the empty token".
-        return value if value is not None and value.get_secret_value() else None
+    def _parse_networks(cls, value: Any) -> tuple[AnyNetwork, ...]:
+        from .netguard import parse_networks
+
+        return parse_networks(value)
+
+    @field_validator("extra_options", mode="before")
+    @classmethod
+    def _parse_options(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if not value.strip():
+                return {}
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"expected a JSON object of FFmpeg options ({exc.msg})") from None
+        if isinstance(value, Mapping):
+            return {str(k): str(v) for k, v in value.items()}
+        raise ValueError("expected a JSON object of FFmpeg options")
+
+    @field_validator("backoff_max_s")
+    @classmethod
+    def _max_at_least_initial(cls, value: float, info: Any) -> float:
+        initial = info.data.get("backoff_initial_s")
+        if initial is not None and value < initial:
+            raise ValueError(f"must be at least backoff_initial_s ({initial:g})")
+        return value
+
+
+#: The sections of the tree, in the order of `vad serve --help` and the docs.
+SECTIONS: dict[str, type[_Section]] = {
+    "server": ServerSettings,
+    "model": ModelSettings,
+    "inference": InferenceSettings,
+    "limits": LimitSettings,
+    "publish": PublishSettings,
+    "sources": SourceSettings,
+}
+
+
+@dataclass(frozen=True)
+class SettingInfo:
+    """One setting: where it lives in the tree and how it is spelled outside."""
+
+    section: str
+    field: str
+    env: str  # VAD_PORT
+    key: str  # port: the env name without the prefix, lower case; the flag is --port
+    annotation: Any
+    default: Any
+    description: str
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.key.replace("_", "-")
+
+
+def _env_name(section: type[_Section], name: str) -> str:
+    field = section.model_fields[name]
+    if isinstance(field.validation_alias, AliasChoices):
+        return str(field.validation_alias.choices[0])
+    return f"{section.model_config.get('env_prefix', '')}{name}".upper()
+
+
+def all_settings() -> list[SettingInfo]:
+    out = []
+    for section_name, section in SECTIONS.items():
+        for name, field in section.model_fields.items():
+            env = _env_name(section, name)
+            default = field.default_factory() if field.default_factory else field.default  # type: ignore[call-arg]
+            out.append(SettingInfo(section_name, name, env, env[len(ENV_PREFIX):].lower(), field.annotation,
+                                   default, field.description or ""))
+    return out
+
+
+class Settings(BaseModel):
+    """The whole configuration: one section per concern (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    inference: InferenceSettings = Field(default_factory=InferenceSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    publish: PublishSettings = Field(default_factory=PublishSettings)
+    sources: SourceSettings = Field(default_factory=SourceSettings)
+
+    @classmethod
+    def load(cls, overrides: Mapping[str, Any] | None = None) -> Settings:
+        """The environment with `overrides` (keys, e.g. from flags) on top.
+
+        Raises SettingsError: one line naming every bad variable or flag and why."""
+        overrides = dict(overrides or {})
+        infos = {info.key: info for info in all_settings()}
+        unknown = sorted(set(overrides) - set(infos))
+        if unknown:
+            raise SettingsError("unknown setting(s): " + ", ".join(_suggest(k, infos) for k in unknown))
+        env = dict(os.environ)
+        sections: dict[str, Any] = {}
+        problems: list[str] = []
+        for section_name, section in SECTIONS.items():
+            given = {i.field: overrides[k] for k, i in infos.items() if i.section == section_name and k in overrides}
+            try:
+                sections[section_name] = section(**given)
+            except ValidationError as exc:
+                problems.extend(_describe(exc, section, given, env))
+        if problems:
+            raise SettingsError("; ".join(problems))
+        _warn_unknown_variables(env, infos)
+        return cls(**sections)
+
+    @classmethod
+    def from_flat(cls, **values: Any) -> Settings:
+        """`Settings.load(values)`: keys as in `vad serve --help` without the dashes (port, max_batch, ...)."""
+        return cls.load(values)
+
+    def flat(self) -> dict[str, Any]:
+        """Every setting by key (secrets stay SecretStr)."""
+        return {i.key: getattr(getattr(self, i.section), i.field) for i in all_settings()}
+
+
+def _suggest(key: str, infos: Mapping[str, SettingInfo]) -> str:
+    close = difflib.get_close_matches(key, list(infos), n=1)
+    return f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+
+
+def _describe(exc: ValidationError, section: type[_Section], given: Mapping[str, Any],
+              env: Mapping[str, str]) -> Iterator[str]:
+    """One phrase per error: which variable or flag, its value (never a secret's), and why."""
+    for error in exc.errors():
+        loc = error.get("loc") or ("?",)
+        name = str(loc[0])
+        if name not in section.model_fields:  # an alias (VAD_ALLOWED_SOURCE_NETWORKS)
+            name = next((n for n in section.model_fields if _env_name(section, n) == name), name)
+        env_name = _env_name(section, name) if name in section.model_fields else name
+        secret = name in section.model_fields and "SecretStr" in str(section.model_fields[name].annotation)
+        if name in given:
+            where, value = "--" + env_name[len(ENV_PREFIX):].lower().replace("_", "-"), given[name]
+        else:
+            where, value = env_name, env.get(env_name)
+        shown = "" if secret or value is None else f"={str(value)!r}"
+        message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+        yield f"{where}{shown}: {message}"
+
+
+def _warn_unknown_variables(env: Mapping[str, str], infos: Mapping[str, SettingInfo]) -> None:
+    known = {i.env for i in infos.values()}
+    for name in sorted(k for k in env if k.startswith(ENV_PREFIX) and k not in known):
+        close = difflib.get_close_matches(name, sorted(known), n=1)
+        log.warning("environment variable %s is not a setting%s; it is ignored", name,
+                    f" (did you mean {close[0]}?)" if close else "")
+
+
+# ---------------------------------------------------------------------------------------------
+# Documentation: the table in docs/configuration.md, generated from the tree.
+
+TABLE_START = "<!-- settings-table:start -->"
+TABLE_END = "<!-- settings-table:end -->"
+
+
+def type_name(annotation: Any) -> str:
+    """A short, readable type for the docs and --help."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return type_name(args[0])
+    if origin in (typing.Union, types.UnionType):
+        if len(args) == 1:
+            return type_name(args[0]) + " (optional)"
+        return " or ".join(type_name(a) for a in args)
+    if origin is Literal:
+        return " \\| ".join(str(a) for a in typing.get_args(annotation))
+    if origin is tuple:
+        return "list of networks"
+    if origin is dict:
+        return "JSON object"
+    return {int: "integer", float: "number", bool: "boolean", str: "text", Path: "path",
+            SecretStr: "secret"}.get(annotation, getattr(annotation, "__name__", str(annotation)))
+
+
+def _default_text(info: SettingInfo) -> str:
+    value = info.default
+    if value is None or value == () or value == {}:
+        return "unset"
+    if isinstance(value, Path):
+        home, root = Path.home(), DEFAULT_WEIGHTS.parent.parent
+        if value.is_relative_to(root):
+            return str(value.relative_to(root))
+        if value.is_relative_to(home):
+            return "~/" + str(value.relative_to(home))
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def markdown_table() -> str:
+    """Every setting, grouped by section: variable, flag, type, default, description."""
+    lines = []
+    for section_name, section in SECTIONS.items():
+        lines += [f"### {section_name}", "", (section.__doc__ or "").strip(), "",
+                  "| variable | `vad serve` flag | type | default | description |", "|---|---|---|---|---|"]
+        for info in (i for i in all_settings() if i.section == section_name):
+            description = info.description.replace("|", "\\|")
+            lines.append(f"| `{info.env}` | `{info.flag}` | {type_name(info.annotation)} | "
+                         f"`{_default_text(info)}` | {description} |")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def render_docs(text: str) -> str:
+    """`text` (docs/configuration.md) with the generated table between its two marker lines."""
+    if TABLE_START not in text or TABLE_END not in text:
+        raise ValueError(f"the page needs the marker lines {TABLE_START} and {TABLE_END}")
+    head, rest = text.split(TABLE_START, 1)
+    _, tail = rest.split(TABLE_END, 1)
+    return f"{head}{TABLE_START}\n{markdown_table()}{TABLE_END}{tail}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m service.settings [--write-docs FILE]: print the table, or rewrite FILE's table."""
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["--write-docs"] and len(args) == 2:
+        path = Path(args[1])
+        path.write_text(render_docs(path.read_text()))
+        print(f"wrote the settings table into {path}")
+        return 0
+    if args:
+        print("usage: python -m service.settings [--write-docs docs/configuration.md]", file=sys.stderr)
+        return 2
+    print(markdown_table(), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

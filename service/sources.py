@@ -14,6 +14,7 @@ frame overwritten before the deliverer took it is dropped ("stale"); frames thin
 are dropped before conversion ("max_fps"); a frame older than `max_frame_age_s` when the deliverer
 gets to it is dropped too ("stale"). All sink calls happen on the deliverer thread, in order.
 
+Settings: `service.settings.SourceSettings` (VAD_SOURCE_*, VAD_ALLOWED_SOURCE_NETWORKS).
 Failure policy: every open has `open_timeout_s`, every read `stall_timeout_s`. A failed open or a
 lost connection sets state "reconnecting", resets the sink's ring buffer and reopens after an
 exponential backoff (initial * factor^n, capped at `backoff_max_s`, with jitter); the backoff starts
@@ -25,62 +26,33 @@ change); a refused URL ends the source in state "failed".
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
-import os
 import random
 import threading
 import time
-import weakref
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from enum import StrEnum
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from .netguard import (
-    FFMPEG_PROTOCOL_WHITELIST,
-    AnyNetwork,
-    SourceRefused,
-    check_source_url,
-    parse_networks,
-    redact_text,
-    redact_url,
-)
+from .domain import DropReason, StreamState
+from .netguard import FFMPEG_PROTOCOL_WHITELIST, SourceRefused, check_source_url, redact_text, redact_url
+from .settings import SourceSettings
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "FrameSink",
-    "LiveSource",
-    "NullSourceMetrics",
-    "PrometheusSourceMetrics",
-    "SourceMetrics",
-    "SourceRefused",
-    "SourceSettings",
-    "SourceState",
-    "redact_url",
-]
+__all__ = ["FrameSink", "LiveSource", "NullSourceMetrics", "SourceMetrics", "SourceRefused", "source_factory"]
 
-DROP_STALE = "stale"  # a newer frame arrived before the consumer took this one, or it aged out
-DROP_MAX_FPS = "max_fps"  # thinned to the stream's max_fps
-DROP_SINK_ERROR = "sink_error"  # the sink raised while taking it
-DROP_DECODE_ERROR = "decode_error"  # a packet the decoder could not decode
 # The demuxers a live source may use; anything else (concat, image2, sdp, ...) is refused by FFmpeg.
 FFMPEG_FORMAT_WHITELIST = "rtsp,hls,mpjpeg,mjpeg,mpegts,flv,matroska,webm,mov,mp4,h264,hevc"
 
 
-class SourceState(StrEnum):
-    STARTING = "starting"
-    RUNNING = "running"
-    RECONNECTING = "reconnecting"
-    STOPPED = "stopped"
-    FAILED = "failed"
-
-
 @runtime_checkable
 class FrameSink(Protocol):
-    """What a live source feeds: one stream's ring buffer. All calls come from one thread, in order."""
+    """What a live source feeds: one stream (service.streams.StreamSink). All calls come from one
+    thread, in order."""
 
     def submit_frame(self, frame: np.ndarray, timestamp: float) -> object:
         """A decoded BGR uint8 frame (H, W, 3) and its receipt time (seconds since the epoch).
@@ -97,9 +69,11 @@ class FrameSink(Protocol):
 
 
 class SourceMetrics(Protocol):
+    """Where a live source counts; service.metrics.ServiceMetrics is one."""
+
     def reconnect(self, stream: str) -> None: ...
     def stall(self, stream: str) -> None: ...
-    def dropped(self, stream: str, reason: str, count: int = 1) -> None: ...
+    def dropped(self, stream: str, reason: DropReason, count: int = 1) -> None: ...
 
 
 class NullSourceMetrics:
@@ -109,147 +83,35 @@ class NullSourceMetrics:
     def stall(self, stream: str) -> None:
         pass
 
-    def dropped(self, stream: str, reason: str, count: int = 1) -> None:
+    def dropped(self, stream: str, reason: DropReason, count: int = 1) -> None:
         pass
 
 
-class PrometheusSourceMetrics:
-    """vad_source_reconnects_total{stream} and vad_source_stalls_total{stream} in `registry`.
-
-    Drops go to `dropped(stream, reason, count)` when given (ServiceMetrics.dropped, which counts
-    vad_frames_dropped_total{stream,reason}), else to a vad_source_frames_dropped_total counter here.
-    """
-
-    def __init__(self, registry, dropped: Callable[[str, str, int], None] | None = None) -> None:
-        from prometheus_client import Counter
-
-        self.reconnects = Counter(
-            "vad_source_reconnects", "Live source reopen attempts after a failed open, a drop or a stall",
-            ["stream"], registry=registry,
-        )
-        self.stalls = Counter(
-            "vad_source_stalls", "Live sources that sent no frame for stall_timeout while connected",
-            ["stream"], registry=registry,
-        )
-        self._dropped_callback = dropped
-        self._dropped = None
-        if dropped is None:
-            self._dropped = Counter(
-                "vad_source_frames_dropped", "Frames a live source dropped before the stream, by reason",
-                ["stream", "reason"], registry=registry,
-            )
-        self._reasons: dict[str, set[str]] = {}
-        self._lock = threading.Lock()
-
-    def reconnect(self, stream: str) -> None:
-        self.reconnects.labels(stream).inc()
-
-    def stall(self, stream: str) -> None:
-        self.stalls.labels(stream).inc()
-
-    def dropped(self, stream: str, reason: str, count: int = 1) -> None:
-        if self._dropped_callback is not None:
-            self._dropped_callback(stream, reason, count)
-            return
-        with self._lock:
-            self._reasons.setdefault(stream, set()).add(reason)
-        assert self._dropped is not None
-        self._dropped.labels(stream, reason).inc(count)
-
-    def forget_stream(self, stream: str) -> None:
-        for counter in (self.reconnects, self.stalls):
-            with contextlib.suppress(KeyError):
-                counter.remove(stream)
-        with self._lock:
-            reasons = self._reasons.pop(stream, set())
-        for reason in reasons:
-            with contextlib.suppress(KeyError):
-                self._dropped.remove(stream, reason)  # type: ignore[union-attr]
+def ffmpeg_options(settings: SourceSettings, scheme: str) -> dict[str, str]:
+    """The FFmpeg options of one open: whitelists, low-latency probing, transport and timeouts."""
+    options = {
+        "protocol_whitelist": FFMPEG_PROTOCOL_WHITELIST,
+        "format_whitelist": FFMPEG_FORMAT_WHITELIST,
+        "analyzeduration": "1000000",  # 1 s of probing at most: live sources, low start-up latency
+        "probesize": "1000000",
+        "fflags": "nobuffer+discardcorrupt",
+        "flags": "low_delay",
+        "user_agent": "desdnet-vad",
+    }
+    if scheme in ("rtsp", "rtsps"):
+        options["rtsp_transport"] = settings.rtsp_transport
+        options["timeout"] = str(int(settings.stall_timeout_s * 1e6))  # socket I/O timeout, microseconds
+    if scheme in ("https", "rtsps") and settings.tls_verify:
+        options["tls_verify"] = "1"
+    options.update({str(k): str(v) for k, v in settings.extra_options.items()})
+    return options
 
 
-@dataclass(frozen=True)
-class SourceSettings:
-    """Timeouts and policies of live sources. `from_env()` reads VAD_SOURCE_* and VAD_ALLOWED_SOURCE_NETWORKS."""
-
-    open_timeout_s: float = 10.0  # connect + handshake + stream probing
-    stall_timeout_s: float = 5.0  # no frame for this long while connected: reopen (also the read timeout)
-    backoff_initial_s: float = 0.5
-    backoff_max_s: float = 30.0
-    backoff_factor: float = 2.0
-    backoff_jitter: float = 0.1  # +- this fraction of each delay
-    max_attempts: int | None = None  # consecutive failed opens before "failed"; None: retry for ever
-    gap_reset_s: float = 2.0  # frames further apart than this (receipt or presentation time): reset the ring
-    max_frame_age_s: float = 1.0  # older frames are never handed over
-    rtsp_transport: str = "tcp"  # tcp: one connection (firewall/NAT friendly, no UDP ports to attacker-chosen hosts)
-    decoder_threads: int = 1
-    allowed_networks: tuple[AnyNetwork, ...] = ()
-    resolve_timeout_s: float = 3.0
-    pin_address: bool = True  # rtsp://: connect to the address we checked, not a second DNS answer
-    tls_verify: bool = False  # rtsps/https: verify the server certificate (most cameras are self-signed)
-    stop_timeout_s: float = 2.0
-    extra_options: Mapping[str, str] = field(default_factory=dict)  # more FFmpeg options (tests, tuning)
-
-    def __post_init__(self) -> None:
-        for name in ("open_timeout_s", "stall_timeout_s", "backoff_initial_s", "backoff_max_s", "gap_reset_s",
-                     "max_frame_age_s", "resolve_timeout_s", "stop_timeout_s"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"source settings: {name} must be > 0")
-        if self.backoff_factor < 1:
-            raise ValueError("source settings: backoff_factor must be >= 1")
-        if self.rtsp_transport not in ("tcp", "udp", "http", "https"):
-            raise ValueError("source settings: rtsp_transport must be tcp, udp, http or https")
-        if isinstance(self.allowed_networks, str) or any(isinstance(n, str) for n in self.allowed_networks):
-            object.__setattr__(self, "allowed_networks", parse_networks(self.allowed_networks))
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> SourceSettings:
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        names = {
-            "open_timeout_s": "VAD_SOURCE_OPEN_TIMEOUT_S",
-            "stall_timeout_s": "VAD_SOURCE_STALL_TIMEOUT_S",
-            "backoff_initial_s": "VAD_SOURCE_BACKOFF_INITIAL_S",
-            "backoff_max_s": "VAD_SOURCE_BACKOFF_MAX_S",
-            "gap_reset_s": "VAD_SOURCE_GAP_RESET_S",
-            "max_frame_age_s": "VAD_SOURCE_MAX_FRAME_AGE_S",
-        }
-        for key, name in names.items():
-            if env.get(name):
-                values[key] = float(env[name])
-        if env.get("VAD_SOURCE_RTSP_TRANSPORT"):
-            values["rtsp_transport"] = env["VAD_SOURCE_RTSP_TRANSPORT"]
-        if env.get("VAD_SOURCE_TLS_VERIFY"):
-            values["tls_verify"] = env["VAD_SOURCE_TLS_VERIFY"].lower() in ("1", "true", "yes")
-        values["allowed_networks"] = parse_networks(env.get("VAD_ALLOWED_SOURCE_NETWORKS", ""))
-        values.update(overrides)
-        return cls(**values)
-
-    def with_(self, **changes: Any) -> SourceSettings:
-        return replace(self, **changes)
-
-    def ffmpeg_options(self, scheme: str) -> dict[str, str]:
-        options = {
-            "protocol_whitelist": FFMPEG_PROTOCOL_WHITELIST,
-            "format_whitelist": FFMPEG_FORMAT_WHITELIST,
-            "analyzeduration": "1000000",  # 1 s of probing at most: live sources, low start-up latency
-            "probesize": "1000000",
-            "fflags": "nobuffer+discardcorrupt",
-            "flags": "low_delay",
-            "user_agent": "desdnet-vad",
-        }
-        if scheme in ("rtsp", "rtsps"):
-            options["rtsp_transport"] = self.rtsp_transport
-            options["timeout"] = str(int(self.stall_timeout_s * 1e6))  # socket I/O timeout, microseconds
-        if scheme in ("https", "rtsps") and self.tls_verify:
-            options["tls_verify"] = "1"
-        options.update({str(k): str(v) for k, v in self.extra_options.items()})
-        return options
-
-    def backoff(self, attempt: int, rng: random.Random | None = None) -> float:
-        """Delay before reopen number `attempt` (1, 2, ...)."""
-        base = min(self.backoff_max_s, self.backoff_initial_s * self.backoff_factor ** max(0, attempt - 1))
-        jitter = (rng or random).uniform(-self.backoff_jitter, self.backoff_jitter)
-        return max(0.0, min(self.backoff_max_s, base * (1.0 + jitter)))
+def backoff_delay(settings: SourceSettings, attempt: int, rng: random.Random | None = None) -> float:
+    """Delay before reopen number `attempt` (1, 2, ...): initial * factor^(n-1), capped, with jitter."""
+    base = min(settings.backoff_max_s, settings.backoff_initial_s * settings.backoff_factor ** max(0, attempt - 1))
+    jitter = (rng or random).uniform(-settings.backoff_jitter, settings.backoff_jitter)
+    return max(0.0, min(settings.backoff_max_s, base * (1.0 + jitter)))
 
 
 def _open_pyav(url: str, options: dict[str, str], timeout: tuple[float, float]):
@@ -304,9 +166,9 @@ class LiveSource:
 
         self._lock = threading.Condition()
         self._stop = threading.Event()
-        self._state = SourceState.STARTING
+        self._state = StreamState.STARTING
         self._state_reason: str | None = None
-        self._notified_state: SourceState | None = None
+        self._notified_state: StreamState | None = None
         self._pending: _Pending | None = None
         self._reset_pending = False
         self._grabber_done = False
@@ -336,7 +198,7 @@ class LiveSource:
     __str__ = __repr__
 
     @property
-    def state(self) -> SourceState:
+    def state(self) -> StreamState:
         return self._state
 
     @property
@@ -349,7 +211,7 @@ class LiveSource:
         grabber = threading.Thread(target=self._grab_loop, name=f"vad-grab-{self.stream_id}", daemon=True)
         deliverer = threading.Thread(target=self._deliver_loop, name=f"vad-deliver-{self.stream_id}", daemon=True)
         self._threads = [grabber, deliverer]
-        self._notify_state(SourceState.STARTING, None)
+        self._notify_state(StreamState.STARTING, None)
         for thread in self._threads:
             thread.start()
         return self
@@ -368,8 +230,8 @@ class LiveSource:
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         ended = not any(t.is_alive() for t in self._threads)
-        if self._state is not SourceState.FAILED:
-            self._state = SourceState.STOPPED
+        if self._state is not StreamState.FAILED:
+            self._state = StreamState.STOPPED
         self._call_sink("set_state", self._state.value, self._state_reason)
         return ended
 
@@ -396,16 +258,16 @@ class LiveSource:
     def _safe(self, text: object) -> str:
         return redact_text(str(text), self._url)
 
-    def _drop(self, reason: str, count: int = 1) -> None:
+    def _drop(self, reason: DropReason, count: int = 1) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + count
         try:
             self._metrics.dropped(self.stream_id, reason, count)
         except Exception:  # noqa: BLE001 - metrics never break the source
             log.exception("source metrics failed")
 
-    def _set_state(self, state: SourceState, reason: str | None = None, reset: bool = False) -> None:
+    def _set_state(self, state: StreamState, reason: str | None = None, reset: bool = False) -> None:
         with self._lock:
-            if self._stop.is_set() and state not in (SourceState.FAILED,):
+            if self._stop.is_set() and state not in (StreamState.FAILED,):
                 return
             self._state = state
             self._state_reason = reason
@@ -413,10 +275,10 @@ class LiveSource:
                 self._reset_pending = True
                 if self._pending is not None:
                     self._pending = None
-                    self._drop(DROP_STALE)
+                    self._drop(DropReason.STALE)
             self._lock.notify_all()
 
-    def _notify_state(self, state: SourceState, reason: str | None) -> None:
+    def _notify_state(self, state: StreamState, reason: str | None) -> None:
         if state is not self._notified_state:
             self._notified_state = state
             self._call_sink("set_state", state.value, reason)
@@ -470,13 +332,13 @@ class LiveSource:
                 except SourceRefused as exc:
                     self.last_error = self._safe(exc)
                     log.error("stream %s: source %s refused: %s", self.stream_id, self.source, self.last_error)
-                    self._set_state(SourceState.FAILED, self.last_error, reset=True)
+                    self._set_state(StreamState.FAILED, self.last_error, reset=True)
                     return
                 target = checked.pinned_url() if self.settings.pin_address and checked.scheme == "rtsp" else self._url
                 container = None
                 try:
                     container = self._opener(
-                        target, self.settings.ffmpeg_options(checked.scheme),
+                        target, ffmpeg_options(self.settings, checked.scheme),
                         (self.settings.open_timeout_s, self.settings.stall_timeout_s),
                     )
                     video = container.streams.video
@@ -494,10 +356,10 @@ class LiveSource:
                     if self._permanent(exc) or (
                         self.settings.max_attempts is not None and attempt >= self.settings.max_attempts
                     ):
-                        self._set_state(SourceState.FAILED, self.last_error, reset=True)
+                        self._set_state(StreamState.FAILED, self.last_error, reset=True)
                         return
-                    self._set_state(SourceState.RECONNECTING, self.last_error, reset=opened_before)
-                    if self._sleep(self.settings.backoff(attempt, self._rng)):
+                    self._set_state(StreamState.RECONNECTING, self.last_error, reset=opened_before)
+                    if self._sleep(backoff_delay(self.settings, attempt, self._rng)):
                         return
                     continue
 
@@ -514,14 +376,14 @@ class LiveSource:
                 if got_frames:
                     attempt = 0
                 attempt += 1
-                self._set_state(SourceState.RECONNECTING, outcome, reset=True)
+                self._set_state(StreamState.RECONNECTING, outcome, reset=True)
                 log.warning("stream %s: source %s lost (%s); reconnecting", self.stream_id, self.source, outcome)
-                if self._sleep(self.settings.backoff(attempt, self._rng)):
+                if self._sleep(backoff_delay(self.settings, attempt, self._rng)):
                     return
         except Exception as exc:  # noqa: BLE001 - last resort: never die silently
             self.last_error = self._safe(exc)
             log.error("stream %s: source thread crashed: %s", self.stream_id, self.last_error)
-            self._set_state(SourceState.FAILED, self.last_error, reset=True)
+            self._set_state(StreamState.FAILED, self.last_error, reset=True)
         finally:
             with self._lock:
                 self._grabber_done = True
@@ -570,7 +432,7 @@ class LiveSource:
                 try:
                     frames = packet.decode()
                 except (av.error.InvalidDataError, av.error.UndefinedError) as exc:
-                    self._drop(DROP_DECODE_ERROR)
+                    self._drop(DropReason.DECODE_ERROR)
                     log.debug("stream %s: decode error: %s", self.stream_id, self._safe(exc))
                     frames = []
                 now = time.monotonic()
@@ -590,22 +452,22 @@ class LiveSource:
                     last_src_time = src_time if src_time is not None else last_src_time
                     if not got_frames:
                         got_frames = True
-                        self._set_state(SourceState.RUNNING, None)
+                        self._set_state(StreamState.RUNNING, None)
                     elif gap:
                         log.info("stream %s: timestamp gap; resetting the ring buffer", self.stream_id)
-                        self._set_state(SourceState.RUNNING, None, reset=True)
+                        self._set_state(StreamState.RUNNING, None, reset=True)
                         next_due = None
                     if interval:
                         clock = src_time if src_time is not None else now
                         if next_due is None or clock - next_due > interval:
                             next_due = clock
                         if clock + 0.1 * interval < next_due:
-                            self._drop(DROP_MAX_FPS)
+                            self._drop(DropReason.MAX_FPS)
                             continue
                         next_due += interval
                     with self._lock:
                         if self._pending is not None:
-                            self._drop(DROP_STALE)
+                            self._drop(DropReason.STALE)
                         self._pending = _Pending(frame, now, wall)
                         self._lock.notify_all()
                 if now - self._last_frame_at > stall:
@@ -651,7 +513,7 @@ class LiveSource:
             # Watchdog: a connection that has gone quiet is a stall even while FFmpeg still waits.
             quiet = connected >= 0 and time.monotonic() - last_frame_at > self.settings.stall_timeout_s
             if quiet and self._count_stall(connected, f"no frame for {self.settings.stall_timeout_s:g} s"):
-                self._set_state(SourceState.RECONNECTING, "stalled", reset=True)
+                self._set_state(StreamState.RECONNECTING, "stalled", reset=True)
                 continue
             if reset:
                 self._call_sink("reset")
@@ -666,12 +528,12 @@ class LiveSource:
     def _deliver(self, item: _Pending) -> None:
         age = time.monotonic() - item.received
         if age > self.settings.max_frame_age_s:
-            self._drop(DROP_STALE)
+            self._drop(DropReason.STALE)
             return
         try:
             image = item.frame.to_ndarray(format="bgr24")
         except Exception as exc:  # noqa: BLE001
-            self._drop(DROP_DECODE_ERROR)
+            self._drop(DropReason.DECODE_ERROR)
             log.debug("stream %s: frame conversion failed: %s", self.stream_id, self._safe(exc))
             return
         if self._stop.is_set():
@@ -682,83 +544,18 @@ class LiveSource:
         if self._call_sink("submit_frame", image, item.wall):
             self.frames_delivered += 1
         else:
-            self._drop(DROP_SINK_ERROR)
-
-
-class ManagerSink:
-    """FrameSink onto service.streams.StreamManager: submit/reset_buffer/set_state of one stream.
-
-    Keeps at most `max_in_flight` frames submitted and not yet answered (waiting, up to
-    `result_timeout_s`, for the oldest before submitting another), so a slow model makes the source
-    drop stale frames before they are resized instead of the manager dropping them as "overload".
-    Only "reconnecting" and "failed" are forwarded as states: the manager moves
-    starting/reconnecting -> warming -> running by itself as frames arrive.
-    """
-
-    FORWARDED_STATES = ("reconnecting", "failed")
-
-    def __init__(self, manager: Any, stream_id: str, *, max_in_flight: int = 2, result_timeout_s: float = 30.0) -> None:
-        self.manager = manager
-        self.stream_id = stream_id
-        self.max_in_flight = max(1, max_in_flight)
-        self.result_timeout_s = result_timeout_s
-        self._in_flight: list[Any] = []
-
-    def submit_frame(self, frame: np.ndarray, timestamp: float) -> object:
-        self._in_flight = [f for f in self._in_flight if not f.done()]
-        if len(self._in_flight) >= self.max_in_flight:
-            oldest = self._in_flight.pop(0)
-            with contextlib.suppress(Exception):
-                oldest.result(timeout=self.result_timeout_s)
-        future = self.manager.submit(self.stream_id, frame, timestamp)
-        self._in_flight.append(future)
-        return future
-
-    def reset(self) -> None:
-        self._in_flight.clear()
-        self.manager.reset_buffer(self.stream_id, "live source reconnected or skipped frames")
-
-    def set_state(self, state: str, reason: str | None = None) -> None:
-        if state in self.FORWARDED_STATES:
-            self.manager.set_state(self.stream_id, state, reason)
-
-
-_metrics_by_registry: weakref.WeakKeyDictionary[Any, PrometheusSourceMetrics] = weakref.WeakKeyDictionary()
-_metrics_lock = threading.Lock()
-
-
-def metrics_for(service_metrics: Any) -> SourceMetrics:
-    """PrometheusSourceMetrics registered once in a ServiceMetrics' registry, drops via its dropped()."""
-    registry = getattr(service_metrics, "registry", None)
-    if registry is None:
-        return NullSourceMetrics()
-    with _metrics_lock:
-        metrics = _metrics_by_registry.get(registry)
-        if metrics is None:
-            metrics = PrometheusSourceMetrics(registry, dropped=getattr(service_metrics, "dropped", None))
-            _metrics_by_registry[registry] = metrics
-        return metrics
-
-
-class ManagedLiveSource(LiveSource):
-    """A LiveSource that also removes its per-stream metric labels when stopped."""
-
-    def stop(self, timeout: float | None = None) -> bool:
-        ended = super().stop(timeout)
-        forget = getattr(self._metrics, "forget_stream", None)
-        if forget is not None:
-            forget(self.stream_id)
-        return ended
+            self._drop(DropReason.SINK_ERROR)
 
 
 SOURCE_OPTIONS = ("max_fps",)
 
 
-def source_factory(request: Any, manager: Any, settings: SourceSettings | None = None) -> LiveSource:
-    """service.streams' SourceFactory: POST /v1/streams {"source": "rtsp://...", "options": {"max_fps": 5}}.
+def source_factory(request: Any, manager: Any, settings: SourceSettings) -> LiveSource:
+    """service.streams' SourceFactory (bind `settings` with functools.partial, as the app does):
+    POST /v1/streams {"source": "rtsp://...", "options": {"max_fps": 5}}.
 
     Raises SourceRefused (a ValueError: the manager answers 422) for a URL that may not be opened or
-    an unknown option. Settings: VAD_SOURCE_* and VAD_ALLOWED_SOURCE_NETWORKS unless given.
+    an unknown option.
     """
     options = dict(getattr(request, "options", None) or {})
     unknown = sorted(set(options) - set(SOURCE_OPTIONS))
@@ -773,26 +570,12 @@ def source_factory(request: Any, manager: Any, settings: SourceSettings | None =
             raise SourceRefused("max_fps must be a number of frames per second") from None
         if not 0 < max_fps <= 1000:
             raise SourceRefused("max_fps must be > 0 and <= 1000")
-    settings = settings or SourceSettings.from_env()
-    sink = ManagerSink(manager, request.stream_id)
-    return ManagedLiveSource(
-        request.source, sink, stream_id=request.stream_id, settings=settings, max_fps=max_fps,
-        metrics=metrics_for(getattr(manager, "metrics", None)),
+    return LiveSource(
+        request.source, manager.sink(request.stream_id), stream_id=request.stream_id, settings=settings,
+        max_fps=max_fps, metrics=manager.metrics,
     )
 
 
-def start_live_source(
-    url: str,
-    sink: FrameSink,
-    *,
-    stream_id: str,
-    settings: SourceSettings | None = None,
-    max_fps: float | None = None,
-    metrics: SourceMetrics | None = None,
-) -> LiveSource:
-    """Check the URL (SourceRefused on refusal), then start decoding it into `sink`."""
-    return LiveSource(url, sink, stream_id=stream_id, settings=settings, max_fps=max_fps, metrics=metrics).start()
-
-
-def is_live_url(source: str, schemes: Sequence[str] = ("rtsp", "rtsps", "http", "https")) -> bool:
-    return source.split(":", 1)[0].lower() in schemes
+def factory_for(settings: SourceSettings) -> Callable[[Any, Any], LiveSource]:
+    """The SourceFactory of the app: live sources with these settings."""
+    return functools.partial(source_factory, settings=settings)

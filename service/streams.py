@@ -15,15 +15,13 @@ All methods are thread-safe and may be called from a source's own thread.
     manager.reset_buffer(stream_id, reason=None)   e.g. after a reconnect: the next T-1 frames warm up
     manager.set_state(stream_id, state, reason=None)   "starting"|"warming"|"running"|"reconnecting"|
         "stopped"|"failed"; submit() moves starting/reconnecting/warming on by itself as frames arrive.
-    manager.sink(stream_id, wait_s=30.0) -> StreamSink   the three calls above bound to one stream, as
-        service.sources.FrameSink: submit_frame(frame, timestamp) blocks until the frame is scored
-        (or warming/dropped) and returns its FrameResult, so a source that keeps only its newest frame
-        meanwhile gets back-pressure for free; reset(); set_state(state).
+    manager.sink(stream_id, max_in_flight=2, result_timeout_s=30.0) -> StreamSink   the calls above bound
+        to one stream, in the shape of service.sources.FrameSink (see `StreamSink`).
 
 Live sources are created through the `source_factory` given to the manager (see `SourceFactory`):
 POST /v1/streams with a source other than "push" calls factory(request, manager) and then .start() on
-what it returns; DELETE calls .stop(). The factory raises UnsupportedSource (or ValueError) with a
-message for a source it cannot handle (-> 422).
+the `StreamSource` it returns; DELETE calls .stop(). The factory raises UnsupportedSource (or
+ValueError) with a message for a source it cannot handle (-> 422).
 """
 
 from __future__ import annotations
@@ -41,17 +39,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from model.backends import ClipScores
 from model.data import resize_frame
-from model.inference import ClipScores
 from model.network import DESDnetConfig
 
 from .buffer import FrameRing
 from .domain import (
-    DROP_INFERENCE_ERROR,
-    DROP_OVERLOAD,
-    DROP_SHUTDOWN,
-    DROP_STREAM_DELETED,
-    STREAM_STATES,
+    DropReason,
     FrameResult,
     HeatmapNotAvailable,
     InvalidImage,
@@ -83,7 +77,9 @@ class SourceRequest:
     options: Mapping[str, Any]
 
 
-class LiveSource(Protocol):
+class StreamSource(Protocol):
+    """What a source factory returns for a live stream (e.g. service.sources.LiveSource)."""
+
     def start(self) -> None:
         """Begin producing frames (non-blocking: run in your own thread, call manager.submit)."""
 
@@ -91,7 +87,7 @@ class LiveSource(Protocol):
         """Stop producing and release the connection; called on DELETE and at shutdown (may block briefly)."""
 
 
-SourceFactory = Callable[[SourceRequest, "StreamManager"], LiveSource]
+SourceFactory = Callable[[SourceRequest, "StreamManager"], StreamSource]
 
 
 @dataclass(frozen=True)
@@ -111,7 +107,7 @@ class _Stream:
     ring: FrameRing
     history: deque[HeatmapRecord]
     created_at: float = field(default_factory=time.time)
-    state: StreamState = "starting"
+    state: StreamState = StreamState.STARTING
     state_reason: str | None = None
     received: int = 0
     warming: int = 0
@@ -120,7 +116,7 @@ class _Stream:
     pending: int = 0
     last_result: FrameResult | None = None
     closed: bool = False
-    live: LiveSource | None = None
+    live: StreamSource | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def info(self) -> StreamInfo:
@@ -233,8 +229,9 @@ class StreamManager:
                 stream.live.stop()
             except Exception:  # the stream is gone either way; say why the source did not stop cleanly
                 log.exception("stream %s: source did not stop cleanly", stream_id)
+            self.metrics.forget_stream(stream_id)  # what the source counted while it stopped
         for job in self.queue.remove_stream(stream_id):
-            self._finish_dropped(stream, job, DROP_STREAM_DELETED)
+            self._finish_dropped(stream, job, DropReason.STREAM_DELETED)
         with stream.lock:
             info = stream.info()
         log.info("stream %s deleted after %d frames", stream_id, info.frames_received)
@@ -255,7 +252,7 @@ class StreamManager:
         for stream in streams:
             with stream.lock:
                 stream.closed = True
-                stream.state = "stopped"
+                stream.state = StreamState.STOPPED
             if stream.live is not None:
                 try:
                     stream.live.stop()
@@ -292,8 +289,8 @@ class StreamManager:
                 stream.ring.reset()
             buffered = len(stream.ring)
             stream.ring.push(resized, frame_size)
-            if stream.state in ("starting", "reconnecting") or (reason and stream.state == "running"):
-                stream.state, stream.state_reason = "warming", reason
+            if stream.state in (StreamState.STARTING, StreamState.RECONNECTING) or (reason and stream.state == StreamState.RUNNING):
+                stream.state, stream.state_reason = StreamState.WARMING, reason
             if not stream.ring.full:
                 stream.warming += 1
                 self.metrics.frames_warming.labels(stream_id).inc()
@@ -313,27 +310,29 @@ class StreamManager:
             stream.pending += 1
             evicted = self.queue.put(job)  # under the stream lock: queue order = frame order
         for old in evicted:
-            self._finish_dropped(stream, old, DROP_OVERLOAD if old is not job else DROP_SHUTDOWN)
+            self._finish_dropped(stream, old, DropReason.OVERLOAD if old is not job else DropReason.SHUTDOWN)
         return job.future
 
     def reset_buffer(self, stream_id: str, reason: str | None = None) -> None:
         stream = self._get(stream_id)
         with stream.lock:
             stream.ring.reset()
-            if stream.state == "running":
-                stream.state, stream.state_reason = "warming", reason
+            if stream.state == StreamState.RUNNING:
+                stream.state, stream.state_reason = StreamState.WARMING, reason
 
     def set_state(self, stream_id: str, state: StreamState, reason: str | None = None) -> None:
-        if state not in STREAM_STATES:
-            raise ValueError(f"unknown stream state {state!r}; one of {', '.join(STREAM_STATES)}")
+        try:
+            state = StreamState(state)
+        except ValueError:
+            raise ValueError(f"unknown stream state {state!r}; one of {', '.join(StreamState)}") from None
         stream = self._get(stream_id)
         with stream.lock:
             stream.state, stream.state_reason = state, reason
         log.info("stream %s is %s%s", stream_id, state, f" ({reason})" if reason else "")
 
-    def sink(self, stream_id: str, wait_s: float = 30.0) -> StreamSink:
+    def sink(self, stream_id: str, max_in_flight: int = 2, result_timeout_s: float = 30.0) -> StreamSink:
         self._get(stream_id)
-        return StreamSink(self, stream_id, wait_s)
+        return StreamSink(self, stream_id, max_in_flight=max_in_flight, result_timeout_s=result_timeout_s)
 
     # --- stateless scoring -------------------------------------------------------------------
     def score_clip(self, frames: list[np.ndarray], *, received_at: float | None = None) -> Future[ClipOutcome]:
@@ -368,7 +367,7 @@ class StreamManager:
             stream = self._streams.get(job.stream_id) if job.stream_id is not None else None
             try:
                 if scores is None or self.scorer is None:
-                    self._finish_dropped(stream, job, DROP_INFERENCE_ERROR)
+                    self._finish_dropped(stream, job, DropReason.INFERENCE_ERROR)
                     continue
                 result = self.scorer.result(
                     stream_id=job.stream_id, frame_index=job.frame_index, epoch=job.epoch,
@@ -382,9 +381,9 @@ class StreamManager:
                 self._finish_scored(stream, job, scored)
             except Exception:  # never leave a request waiting because of a bug in one result
                 log.exception("could not complete frame %s of stream %s", job.frame_index, job.stream_id)
-                self._finish_dropped(stream, job, DROP_INFERENCE_ERROR)
+                self._finish_dropped(stream, job, DropReason.INFERENCE_ERROR)
 
-    def drop_jobs(self, jobs: list[Job], reason: str) -> None:
+    def drop_jobs(self, jobs: list[Job], reason: DropReason) -> None:
         for job in jobs:
             stream = self._streams.get(job.stream_id) if job.stream_id is not None else None
             self._finish_dropped(stream, job, reason)
@@ -402,8 +401,8 @@ class StreamManager:
                 stream.scored += 1
                 stream.last_result = result
                 stream.history.append(HeatmapRecord(result, scored.errors, job.frame))
-                if stream.state == "warming" and job.epoch == stream.ring.epoch:
-                    stream.state, stream.state_reason = "running", None
+                if stream.state == StreamState.WARMING and job.epoch == stream.ring.epoch:
+                    stream.state, stream.state_reason = StreamState.RUNNING, None
                 closed = stream.closed
             if not closed:
                 self.metrics.frames_scored.labels(job.stream_id).inc()
@@ -413,7 +412,7 @@ class StreamManager:
         self.publish(result)
         _resolve(job.future, result)
 
-    def _finish_dropped(self, stream: _Stream | None, job: Job, reason: str) -> None:
+    def _finish_dropped(self, stream: _Stream | None, job: Job, reason: DropReason) -> None:
         result = FrameResult(
             stream_id=job.stream_id, frame_index=job.frame_index, status="dropped", timestamp=job.timestamp,
             latency_ms=(time.monotonic() - job.received_at) * 1000, frame_width=job.frame_size[0],
@@ -463,7 +462,7 @@ class StreamManager:
             return None
         with stream.lock:
             stream.closed = True
-            stream.state = "stopped"
+            stream.state = StreamState.STOPPED
         if self.scorer is not None:
             self.scorer.forget(stream_id)
         self.on_stream_deleted(stream_id)
@@ -477,21 +476,46 @@ class StreamManager:
 
 
 class StreamSink:
-    """One stream's producer interface in the shape service.sources.FrameSink expects."""
+    """One stream's producer interface in the shape service.sources.FrameSink expects: the one adapter
+    between a frame producer (a live source) and the manager.
 
-    def __init__(self, manager: StreamManager, stream_id: str, wait_s: float) -> None:
-        self.manager, self.stream_id, self.wait_s = manager, stream_id, wait_s
+    submit_frame keeps at most `max_in_flight` frames submitted and not yet answered (waiting, up to
+    `result_timeout_s`, for the oldest before submitting another), so a slow model makes the source
+    drop stale frames before they are resized instead of the manager dropping them as "overload".
+    Only "reconnecting" and "failed" are forwarded as states: the manager moves
+    starting/reconnecting -> warming -> running by itself as frames arrive. A stream deleted
+    meanwhile makes reset/set_state no-ops (submit_frame raises StreamNotFound/StreamClosed).
+    """
 
-    def submit_frame(self, frame: np.ndarray, timestamp: float) -> FrameResult:
-        return self.manager.submit(self.stream_id, frame, timestamp).result(timeout=self.wait_s)
+    FORWARDED_STATES = (StreamState.RECONNECTING, StreamState.FAILED)
+
+    def __init__(self, manager: StreamManager, stream_id: str, *, max_in_flight: int = 2,
+                 result_timeout_s: float = 30.0) -> None:
+        self.manager = manager
+        self.stream_id = stream_id
+        self.max_in_flight = max(1, max_in_flight)
+        self.result_timeout_s = result_timeout_s
+        self._in_flight: list[Future[FrameResult]] = []
+
+    def submit_frame(self, frame: np.ndarray, timestamp: float) -> Future[FrameResult]:
+        self._in_flight = [f for f in self._in_flight if not f.done()]
+        if len(self._in_flight) >= self.max_in_flight:
+            oldest = self._in_flight.pop(0)
+            with contextlib.suppress(Exception):  # answered as dropped or timed out: either way, go on
+                oldest.result(timeout=self.result_timeout_s)
+        future = self.manager.submit(self.stream_id, frame, timestamp)
+        self._in_flight.append(future)
+        return future
 
     def reset(self) -> None:
+        self._in_flight.clear()
         with contextlib.suppress(StreamNotFound):  # deleted meanwhile: nothing left to reset
-            self.manager.reset_buffer(self.stream_id)
+            self.manager.reset_buffer(self.stream_id, "live source reconnected or skipped frames")
 
     def set_state(self, state: str, reason: str | None = None) -> None:
-        with contextlib.suppress(StreamNotFound):  # e.g. the final "stopped" after DELETE removed it
-            self.manager.set_state(self.stream_id, state, reason)  # type: ignore[arg-type]
+        if state in self.FORWARDED_STATES:
+            with contextlib.suppress(StreamNotFound):  # e.g. the final "failed" after DELETE removed it
+                self.manager.set_state(self.stream_id, StreamState(state), reason)
 
 
 def _check_frame(frame: np.ndarray) -> None:
@@ -503,4 +527,5 @@ def _check_frame(frame: np.ndarray) -> None:
         raise InvalidImage(f"a frame must not be empty, got shape {frame.shape}")
 
 
-__all__ = ["PUSH", "ClipOutcome", "StreamSink", "HeatmapRecord", "LiveSource", "SourceFactory", "SourceRequest", "StreamManager"]
+__all__ = ["PUSH", "ClipOutcome", "HeatmapRecord", "SourceFactory", "SourceRequest", "StreamManager", "StreamSink",
+           "StreamSource"]

@@ -40,7 +40,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 def token_matches(settings: Settings, presented: str | None) -> bool:
-    expected = settings.api_token
+    expected = settings.server.api_token
     if expected is None:
         return True
     return presented is not None and hmac.compare_digest(presented.encode(), expected.get_secret_value().encode())
@@ -58,7 +58,7 @@ async def require_token_for_metrics(
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
-    if settings.metrics_require_token:
+    if settings.server.metrics_require_token:
         await require_token(settings, credentials)
 
 

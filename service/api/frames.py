@@ -35,7 +35,7 @@ IMAGE_BODY = {
 def decode_and_submit(
     context: ServiceContext, stream_id: str, data: bytes, timestamp: float | None, received_at: float
 ) -> Future[FrameResult]:
-    frame = decode_image(data, context.settings.max_pixels)
+    frame = decode_image(data, context.settings.limits.max_pixels)
     return context.manager.submit(stream_id, frame, timestamp, received_at=received_at)
 
 
@@ -62,10 +62,10 @@ async def push_frame(
     received_at = time.monotonic()
     context.manager.get(stream_id)  # 404 before reading a body we would throw away
     check_content_type(request.headers.get("content-type"))
-    s = context.settings
-    data = await read_body_limited(request, s.max_upload_bytes, s.upload_timeout_seconds)
+    limits = context.settings.limits
+    data = await read_body_limited(request, limits.max_upload_bytes, limits.upload_timeout_seconds)
     future = await run_in_threadpool(decode_and_submit, context, stream_id, data, timestamp, received_at)
-    return FrameResultOut.from_domain(await wait_result(future, s.result_timeout_seconds))
+    return FrameResultOut.from_domain(await wait_result(future, context.settings.inference.result_timeout_seconds))
 
 
 @router.get(

@@ -32,7 +32,7 @@ async def readyz(context: Context, response: Response) -> ReadyOut:
     return ReadyOut(
         status="ready" if reason is None else "not ready",
         reason=reason,
-        weights=str(context.settings.weights),
+        weights=str(context.settings.model.weights),
         device=rt.device if rt else None,
         backend=rt.backend if rt else None,
         precision=rt.precision if rt else None,

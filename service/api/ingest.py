@@ -87,7 +87,7 @@ class IngestSession:
 
     def __init__(self, websocket: WebSocket, context: ServiceContext, stream_id: str) -> None:
         self.websocket, self.context, self.stream_id = websocket, context, stream_id
-        window = context.settings.max_pending_per_stream
+        window = context.settings.inference.max_pending_per_stream
         self.slots = asyncio.Semaphore(window)  # frames read but not answered yet
         self.answers: asyncio.Queue[Answer] = asyncio.Queue(maxsize=window + 1)  # +1: a final _Close
 
@@ -110,7 +110,7 @@ class IngestSession:
                 task.cancel()
 
     async def _read(self) -> None:
-        settings = self.context.settings
+        limits = self.context.settings.limits
         shutdown = asyncio.ensure_future(self.context.shutdown_requested.wait())
         timestamp: float | None = None
         try:
@@ -133,9 +133,9 @@ class IngestSession:
                         self.slots.release()  # no answer owed for a timestamp
                         continue
                     data = message.get("bytes") or b""
-                    if len(data) > settings.max_upload_bytes:
+                    if len(data) > limits.max_upload_bytes:
                         raise d.PayloadTooLarge(
-                            f"frame is {len(data)} bytes, above the limit of {settings.max_upload_bytes} bytes"
+                            f"frame is {len(data)} bytes, above the limit of {limits.max_upload_bytes} bytes"
                         )
                     future = await run_in_threadpool(
                         decode_and_submit, self.context, self.stream_id, data, timestamp, received_at
@@ -153,7 +153,7 @@ class IngestSession:
             shutdown.cancel()
 
     async def _write(self) -> None:
-        timeout = self.context.settings.result_timeout_seconds
+        timeout = self.context.settings.inference.result_timeout_seconds
         while True:
             answer = await self.answers.get()
             if isinstance(answer, _Close):

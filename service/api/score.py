@@ -69,7 +69,7 @@ async def _form_files(request: Request, limit: int, timeout_s: float, max_files:
 def _decode_and_score(
     context: ServiceContext, images: list[bytes], received_at: float, decoded: list[np.ndarray]
 ) -> Future[ClipOutcome]:
-    decoded.extend(decode_image(data, context.settings.max_pixels) for data in images)
+    decoded.extend(decode_image(data, context.settings.limits.max_pixels) for data in images)
     return context.manager.score_clip(decoded, received_at=received_at)
 
 
@@ -94,7 +94,7 @@ async def score_clip(
     """Score the last of T images (oldest first) with no stream state: smoothed_score equals
     normalized_score (there is no history to average)."""
     received_at = time.monotonic()
-    s = context.settings
+    s = context.settings.limits
     if context.runtime is None or context.scorer is None:
         raise NotReady(f"not ready to score frames: {context.not_ready_reason()}")
     frames = context.runtime.config.frames
@@ -108,7 +108,7 @@ async def score_clip(
             raise PayloadTooLarge(f"image {i} is {len(data)} bytes, above the limit of {s.max_upload_bytes} bytes")
     clip_frames: list[np.ndarray] = []
     future = await run_in_threadpool(_decode_and_score, context, images, received_at, clip_frames)
-    outcome = await wait_result(future, s.result_timeout_seconds)
+    outcome = await wait_result(future, context.settings.inference.result_timeout_seconds)
     result = outcome.result
     if outcome.errors is None:
         raise NotReady(f"the clip was not scored: {result.reason}")

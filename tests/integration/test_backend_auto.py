@@ -1,4 +1,6 @@
-"""`--backend auto`: torch fp32 without a backend record, else the fastest entry that passed parity."""
+"""`--backend auto`: torch fp32 without a backend record, else the fastest entry that passed parity;
+a backend's own calibration from the record. The record itself is written by bench/calibrate_backends.py
+(tests/unit/bench/test_calibrate_backends.py)."""
 
 from __future__ import annotations
 
@@ -13,28 +15,32 @@ import numpy as np
 import pytest
 import torch
 
-from model.data import FrameSet, list_videos
-from model.runtimes import weights_digest
-from model.train import patch_scores_of
+from model.backends.artefacts import library_versions, weights_digest
+from model.backends.record import RECORD_FORMAT, choose, machine_fingerprint, record_path
 from model.weights import Calibration, load_weights
-from service import backend_select
-from service.backend_select import RECORD_FORMAT, calibrate_backends, choose, machine_fingerprint, record_path
-from service.infer import load_runtime
+from service.runtime import load_runtime
+from service.settings import ModelSettings
 from tests.support.serving import metric_value
 
 
 @pytest.fixture
 def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty artefact cache (and record folder) for this test only."""
+    """An empty artefact cache (and record folder) for this test only; servers started by the test
+    read it from the environment, as `vad serve` does."""
     monkeypatch.setenv("VAD_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("VAD_BACKEND_RECORD", raising=False)
     return tmp_path / "cache"
 
 
+def runtime_of(weights: Path, cache: Path, backend: str, precision: str = "fp32", threshold: float | None = None):
+    return load_runtime(ModelSettings(weights=weights, device="cpu", backend=backend, precision=precision,
+                                      threshold=threshold, cache_dir=cache))
+
+
 def entry(backend: str, precision: str, fps: float, passed: bool = True, **extra: Any) -> dict[str, Any]:
     return {
         "backend": backend, "precision": precision, "fps": fps, "fps_batch4": fps, "passed": passed,
-        "error": None, "versions": backend_select._versions(backend, precision), **extra,
+        "error": None, "versions": library_versions(backend, precision), **extra,
     }
 
 
@@ -54,8 +60,8 @@ def test_auto_without_record_is_torch_fp32_and_says_how_to_make_one(
     tiny_weights: Path, cache: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="vad.backends")
-    runtime = load_runtime(tiny_weights, "cpu", "auto", "fp32", None)
-    assert (runtime.backend, runtime.precision, runtime.reconstructor.name) == ("torch", "fp32", "torch-fp32")
+    runtime = runtime_of(tiny_weights, cache, "auto")
+    assert (runtime.backend_name, runtime.precision, runtime.backend.name) == ("torch", "fp32", "torch-fp32")
     assert "no backend record" in caplog.text and "vad calibrate-backends" in caplog.text
 
 
@@ -98,57 +104,6 @@ def test_serve_with_backend_auto_reports_the_chosen_backend(tiny_weights: Path, 
     assert metric_value(text, "vad_model_info", {"backend": "onnxruntime", "precision": "fp32"}) == 1.0
 
 
-def test_calibrate_backends_writes_the_record_auto_reads(tiny_weights: Path, synthetic_root: Path, cache: Path) -> None:
-    content, path = calibrate_backends(
-        tiny_weights, synthetic_root, backends=("torch", "onnxruntime"), precisions=("fp32",),
-        seconds=0.02, clips=24, threads=1, progress=False,
-    )
-    assert path == record_path(content["weights_sha256"], "cpu") and path.is_file()
-    assert [(e["backend"], e["precision"]) for e in content["entries"]] == [("torch", "fp32"), ("onnxruntime", "fp32")]
-    # Each backend is calibrated as training calibrates: the held-out (here: last) training video.
-    model = load_weights(tiny_weights).model
-    train_dir = synthetic_root / "training"
-    as_trained = Calibration.from_scores(
-        patch_scores_of(model, FrameSet.load(train_dir, model.config, list_videos(train_dir)[-1:]))
-    )
-    for e in content["entries"]:
-        assert e["fps"] > 0 and e["passed"], e
-        assert e["parity"]["spearman"] > 0.999 and e["parity"]["auc_delta"] == pytest.approx(0, abs=1e-6)
-        own = Calibration(**e["calibration"])
-        assert own.count == as_trained.count
-        assert own.log_mean == pytest.approx(as_trained.log_mean, abs=1e-4)
-        assert own.log_std == pytest.approx(as_trained.log_std, rel=1e-3)
-    assert json.loads(path.read_text())["entries"] == json.loads(json.dumps(content["entries"]))
-    best, _ = choose(json.loads(path.read_text()), "cpu")
-    assert best is not None and best["fps"] == max(e["fps"] for e in content["entries"])
-
-
-def test_parity_fails_on_reordered_or_shifted_scores() -> None:
-    rng = np.random.default_rng(0)
-    reference = rng.uniform(0.01, 0.1, 200)
-    labels = (np.arange(200) >= 150).astype(np.int64)
-    cal = Calibration(log_mean=-3.0, log_std=0.3)
-    assert backend_select.parity(reference * 1.01, reference, cal, labels)["failed"] == []
-    assert any("spearman" in f for f in backend_select.parity(rng.permutation(reference), reference, cal, None)["failed"])
-    assert any("alarm decision" in f for f in backend_select.parity(reference * 1.5, reference, cal, None)["failed"])
-
-
-def test_a_backend_s_own_calibration_absorbs_a_uniform_bias_but_not_noise() -> None:
-    """A quantised backend that scores every clip 1.5x higher keeps the ranking; calibrated on its own
-    held-out scores, its z-scores match the reference's and it passes. Noise is not calibrated away."""
-    rng = np.random.default_rng(1)
-    held_out = torch.from_numpy(rng.uniform(0.01, 0.05, 180))
-    reference = rng.uniform(0.01, 0.1, 200)
-    ref_cal = Calibration.from_scores(held_out)
-    biased_cal = Calibration.from_scores(held_out * 1.5)
-    assert biased_cal.threshold == pytest.approx(ref_cal.threshold, abs=1e-3)
-    result = backend_select.parity(reference * 1.5, reference, ref_cal, None, biased_cal)
-    assert result["failed"] == [] and result["p95_abs_z_shift"] < 1e-6 and result["calibration"] == "own"
-    assert result["decision_flips"] == 0 and result["alarm_rate"] == result["alarm_rate_reference"] > 0
-    noisy = backend_select.parity(reference * rng.lognormal(0, 0.3, 200), reference, ref_cal, None, ref_cal)
-    assert noisy["decision_flips"] > 0.02 and any("alarm decision" in f for f in noisy["failed"])
-
-
 def test_a_runtime_uses_its_backend_s_calibration_from_the_record(
     tiny_weights: Path, cache: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -157,12 +112,12 @@ def test_a_runtime_uses_its_backend_s_calibration_from_the_record(
     path = write_record(tiny_weights, cache, record(
         entry("torch", "fp32", 10.0), entry("onnxruntime", "fp32", 20.0, calibration=asdict(own)),
     ))
-    runtime = load_runtime(tiny_weights, "cpu", "onnxruntime", "fp32", None)
+    runtime = runtime_of(tiny_weights, cache, "onnxruntime")
     assert runtime.calibration == own and runtime.threshold == 4.25 and str(path) in runtime.calibration_source
-    assert load_runtime(tiny_weights, "cpu", "onnxruntime", "fp32", 2.5).threshold == 2.5  # explicit wins
-    reference = load_runtime(tiny_weights, "cpu", "torch", "fp32", None)
+    assert runtime_of(tiny_weights, cache, "onnxruntime", threshold=2.5).threshold == 2.5  # explicit wins
+    reference = runtime_of(tiny_weights, cache, "torch")
     assert reference.calibration == weights.calibration and reference.calibration_source == "weights"
     path.unlink()
-    caplog.set_level(logging.WARNING, logger="vad.infer")
-    fallback = load_runtime(tiny_weights, "cpu", "onnxruntime", "fp32", None)
+    caplog.set_level(logging.WARNING, logger="vad.runtime")
+    fallback = runtime_of(tiny_weights, cache, "onnxruntime")
     assert fallback.calibration == weights.calibration and "vad calibrate-backends" in caplog.text

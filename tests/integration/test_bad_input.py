@@ -82,7 +82,7 @@ def test_unknown_stream_is_404(vad_server: RunningServer, video) -> None:
 
 
 def test_upload_over_size_limit_is_413(vad_server: RunningServer, stream_id: str) -> None:
-    limit = vad_server.settings.max_upload_bytes
+    limit = vad_server.settings.limits.max_upload_bytes
     big = b"\xff\xd8" + b"\0" * limit  # declared by Content-Length
     r = httpx.post(frames_url(vad_server, stream_id), content=big, headers=JPEG)
     assert r.status_code == 413 and f"above the limit of {limit} bytes" in r.json()["detail"]
@@ -143,7 +143,7 @@ def test_stateless_score_bad_inputs(vad_server: RunningServer, video) -> None:
     assert r.status_code == 422
     r = httpx.post(url, files=five[:4] + [("frames", ("4.png", png_declaring(20000, 20000), "image/png"))])
     assert r.status_code == 413
-    big = five[:4] + [("frames", ("4.jpg", b"\0" * (vad_server.settings.max_upload_bytes + 1), "image/jpeg"))]
+    big = five[:4] + [("frames", ("4.jpg", b"\0" * (vad_server.settings.limits.max_upload_bytes + 1), "image/jpeg"))]
     r = httpx.post(url, files=big)
     assert r.status_code == 413
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import pytest
 
-from service.bench import _metric_sum, _percentiles, bench_end_to_end, load_stream_frames, process_cpu_seconds
+from bench.load_generator import bench_end_to_end
 from service.cli import main
 from tests.support.serving import RunningServer
 
@@ -72,22 +71,3 @@ def test_websocket_transport_run_against_a_running_server(vad_server: RunningSer
         bench_end_to_end(vad_server.base, streams=1, seconds=1.0, fps_per_stream=10.0, transport="websocket")
     assert vad_server.client().get("/v1/streams").json()["count"] == 0
 
-
-def test_helpers(tmp_path: Path) -> None:
-    busy = time.process_time() + 0.05
-    while time.process_time() < busy:
-        pass
-    assert process_cpu_seconds(os.getpid()) >= 0.05
-    assert process_cpu_seconds(2**22 + 12345) is None  # no such process
-    text = 'a_total{stream="x",reason="overload"} 2.0\na_total{stream="y",reason="overload"} 3.0\n# a_total 9\n'
-    assert _metric_sum(text, "a_total") == 5.0 and _metric_sum(text, "a_total", {"stream": "y"}) == 3.0
-    assert _percentiles([]) == {"p50": None, "p99": None}
-    assert _percentiles([float(x) for x in range(1, 101)]) == {"p50": 50.5, "p99": 99.0}
-    videos, described = load_stream_frames(None, 3)
-    assert len(videos) == 3 and videos[0][0][:2] == b"\xff\xd8" and "synthetic" in described
-    for name in ("01", "02"):
-        (tmp_path / "testing" / "frames" / name).mkdir(parents=True)
-        for t in range(3):
-            (tmp_path / "testing" / "frames" / name / f"{t:03d}.jpg").write_bytes(videos[0][t])
-    videos, described = load_stream_frames(tmp_path, 3)
-    assert [len(v) for v in videos] == [3, 3, 3] and "videos 01, 02, 01" in described

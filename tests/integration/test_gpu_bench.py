@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from model.inference import TorchReconstructor, score_clips
+from model.backends import score_clips
+from model.backends.torch_backend import TorchBackend
 from model.network import DESDnet
 from tests.support.data import TINY
 
@@ -37,7 +38,7 @@ def test_a_tick_scores_every_stream_as_the_service_does() -> None:
     # The ring moved on by one frame per stream, the new frame last.
     assert torch.equal(tick.ring[:, :-1], before[:, 1:]) and torch.equal(tick.ring[:, -1], tick.host_frames)
     clips = (tick.ring.float() / 127.5 - 1).flatten(1, 2)
-    expected = score_clips(TorchReconstructor(model), clips)
+    expected = score_clips(TorchBackend(model), clips)
     torch.testing.assert_close(tick.out_score, expected.score, rtol=1e-5, atol=1e-7)
     assert torch.equal(tick.out_yx[0], expected.y) and torch.equal(tick.out_yx[1], expected.x)
     pooled = torch.nn.functional.avg_pool2d(expected.errors.unsqueeze(1), 4).squeeze(1)

@@ -68,7 +68,7 @@ def test_pipelined_ingest_answers_every_frame_in_order_like_http_push(vad_server
 
 def test_bad_frames_are_rejected_in_place_and_the_connection_stays_open(vad_server: RunningServer, video) -> None:
     sid = new_stream(vad_server)
-    too_big = b"\xff\xd8" + b"\0" * vad_server.settings.max_upload_bytes
+    too_big = b"\xff\xd8" + b"\0" * vad_server.settings.limits.max_upload_bytes
     before = vad_server.metrics()
     messages: list[bytes | str] = [
         encode(video[0]), b"not an image", encode(video[1]), too_big, "no json", '{"timestamp": "soon"}',

@@ -108,9 +108,9 @@ class ThreadCamera:
                 self.manager.reset_buffer(sid)
             if i < 10:
                 self.results.append(self.manager.submit(sid, frame, 1000.0 + i).result(timeout=30))
-            else:  # the same through the FrameSink adapter of service/sources.py
-                self.results.append(sink.submit_frame(frame, 1000.0 + i))
-        sink.set_state("running")
+            else:  # the same through the one sink adapter, as live sources feed a stream
+                self.results.append(sink.submit_frame(frame, 1000.0 + i).result(timeout=30))
+        sink.set_state("running")  # not forwarded: the manager moves warming -> running by itself
         self.done.set()
 
 

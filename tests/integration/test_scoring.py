@@ -14,7 +14,7 @@ from PIL import Image
 
 from model.data import list_videos, to_model_range
 from model.evaluate import causal_protocol
-from model.inference import make_reconstructor, score_clips
+from model.backends import make_backend, score_clips
 from model.weights import load_weights
 from tests.support.serving import RunningServer, encode
 
@@ -31,7 +31,7 @@ def evaluator_scores(weights_path: Path, frame_dir: Path, count: int) -> dict[st
     stacks = np.stack([frames[t - cfg.frames + 1 : t + 1] for t in range(cfg.frames - 1, len(frames))])
     clips = to_model_range(stacks)
     b, t, c, h, w = clips.shape
-    scores = score_clips(make_reconstructor(weights.model), torch.from_numpy(clips.reshape(b, t * c, h, w)))
+    scores = score_clips(make_backend(weights.model), torch.from_numpy(clips.reshape(b, t * c, h, w)))
     raw = scores.score.numpy().astype(np.float64)
     return {
         "score": raw,

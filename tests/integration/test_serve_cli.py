@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from service.cli import build_parser, main
-from service.settings import Settings
+from service.settings import all_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,12 +29,13 @@ def test_every_setting_has_a_flag() -> None:
     serve = next(a for a in build_parser()._subparsers._group_actions[0].choices.values()  # type: ignore[union-attr]
                  if a.prog.endswith("serve"))
     flags = {opt for action in serve._actions for opt in action.option_strings}
-    assert {"--" + name.replace("_", "-") for name in Settings.model_fields} <= flags
+    assert {info.flag for info in all_settings()} <= flags
+    assert len({info.env for info in all_settings()}) == len(all_settings())  # every variable defined once
 
 
 def test_invalid_flag_values_fail_with_a_message(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["serve", "--max-batch", "0"]) == 2
-    assert "vad serve: error: --max-batch: Input should be greater than or equal to 1" in capsys.readouterr().err
+    assert "vad serve: error: --max-batch='0': Input should be greater than or equal to 1" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["serve", "--device", "tpu"])
 

@@ -16,7 +16,10 @@ import pytest
 
 from service import netguard
 from service.netguard import SourceRefused, check_source_url, parse_networks, redact_text, redact_url
-from service.sources import LiveSource, PrometheusSourceMetrics, SourceSettings, SourceState
+from service.domain import StreamState
+from service.metrics import ServiceMetrics
+from service.settings import SourceSettings
+from service.sources import LiveSource, ffmpeg_options
 from tests.support.rtsp import PED2_FRAMES, RtspCamera, rtsp_available, wait_for, write_frames
 
 LOOPBACK = parse_networks("127.0.0.0/8")
@@ -247,7 +250,7 @@ def _slow_resolve(timeout: float):
 
 def test_allowed_networks_from_env(monkeypatch):
     monkeypatch.setenv("VAD_ALLOWED_SOURCE_NETWORKS", "127.0.0.0/8, 10.20.0.0/16")
-    settings = SourceSettings.from_env()
+    settings = SourceSettings()
     assert [str(n) for n in settings.allowed_networks] == ["127.0.0.0/8", "10.20.0.0/16"]
     check_source_url("rtsp://10.20.3.4/s", settings.allowed_networks)
     check_source_url("rtsp://localhost/s", settings.allowed_networks)
@@ -265,7 +268,7 @@ def test_ffmpeg_itself_refuses_protocols_off_the_whitelist(tmp_path):
 
     secret = tmp_path / "secret.jpg"
     secret.write_bytes((PED2_FRAMES / "000.jpg").read_bytes() if (PED2_FRAMES / "000.jpg").exists() else b"x")
-    options = SourceSettings().ffmpeg_options("rtsp")
+    options = ffmpeg_options(SourceSettings(), "rtsp")
     for url in (f"file:{secret}", str(secret), f"concat:{secret}|{secret}", f"subfile,,start,0,end,10,,:{secret}"):
         with pytest.raises(av.error.FFmpegError):
             _open_pyav(url, dict(options), (2.0, 2.0)).close()
@@ -329,7 +332,7 @@ def test_rtsp_frames_reach_the_sink(camera, sources):
     sink = RecordingSink()
     source = sources(camera.url, sink, stream_id="cam")
     assert sink.wait_frames(10, 15), source.stats()
-    assert source.state is SourceState.RUNNING
+    assert source.state is StreamState.RUNNING
     assert sink.states[:2] == ["starting", "running"]
     assert {shape for _, _, shape in sink.frames} == {(240, 360, 3)}
     assert sink.last is not None and sink.last.dtype == np.uint8 and sink.last.std() > 5
@@ -348,10 +351,8 @@ def test_h264_camera(gst, frames_dir, sources):
 def test_camera_restart_reconnects_without_leaks(camera, sources):
     """Kill the camera and start it again ten times: frames resume each time within the backoff cap + a
     few seconds, reconnects are counted, and threads and file descriptors end where they started."""
-    from prometheus_client import CollectorRegistry
-
-    registry = CollectorRegistry()
-    metrics = PrometheusSourceMetrics(registry)
+    metrics = ServiceMetrics()
+    registry = metrics.registry
     before = counts()
     sink = RecordingSink()
     source = sources(camera.url, sink, stream_id="cam", metrics=metrics)
@@ -360,7 +361,7 @@ def test_camera_restart_reconnects_without_leaks(camera, sources):
     connected = None
     for cycle in range(10):
         camera.kill()
-        assert wait_for(lambda: source.state is SourceState.RECONNECTING, 5), f"cycle {cycle}: {source.stats()}"
+        assert wait_for(lambda: source.state is StreamState.RECONNECTING, 5), f"cycle {cycle}: {source.stats()}"
         seen = sink.count()
         camera.start()
         assert wait_for(lambda seen=seen: sink.count() > seen, FAST.backoff_max_s + 6), f"cycle {cycle}"
@@ -395,18 +396,17 @@ def test_network_drop_reconnects(camera, sources):
 
 
 def test_frozen_camera_is_a_stall(camera, sources):
-    from prometheus_client import CollectorRegistry
-
-    registry = CollectorRegistry()
+    metrics = ServiceMetrics()
+    registry = metrics.registry
     sink = RecordingSink()
-    source = sources(camera.url, sink, stream_id="cam", metrics=PrometheusSourceMetrics(registry))
+    source = sources(camera.url, sink, stream_id="cam", metrics=metrics)
     assert sink.wait_frames(3, 15)
     camera.freeze()
     frozen_at = time.monotonic()
     try:
         assert wait_for(lambda: source.stalls >= 1, FAST.stall_timeout_s + 2), source.stats()
         detected = time.monotonic() - frozen_at
-        assert source.state is SourceState.RECONNECTING
+        assert source.state is StreamState.RECONNECTING
         assert detected >= FAST.stall_timeout_s * 0.9
         assert wait_for(lambda: sink.resets >= 1 and sink.states[-1] == "reconnecting", 2)
         assert registry.get_sample_value("vad_source_stalls_total", {"stream": "cam"}) == 1
@@ -416,7 +416,7 @@ def test_frozen_camera_is_a_stall(camera, sources):
     seen = sink.count()
     assert sink.wait_frames(seen + 3, FAST.open_timeout_s + FAST.backoff_max_s + 6), source.stats()
     print(f"\nstall detected after {detected:.2f} s; frames resumed {time.monotonic() - thawed_at:.2f} s after SIGCONT")
-    assert source.state is SourceState.RUNNING
+    assert source.state is StreamState.RUNNING
 
 
 def test_silent_server_fails_the_open_within_its_timeout(sources):
@@ -436,10 +436,10 @@ def test_silent_server_fails_the_open_within_its_timeout(sources):
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
     try:
-        settings = FAST.with_(open_timeout_s=1.0, max_attempts=1)
+        settings = FAST.model_copy(update={"open_timeout_s": 1.0, "max_attempts": 1})
         started = time.monotonic()
         source = sources(f"rtsp://127.0.0.1:{server.getsockname()[1]}/cam", RecordingSink(), settings=settings)
-        assert wait_for(lambda: source.state is SourceState.FAILED, 5)
+        assert wait_for(lambda: source.state is StreamState.FAILED, 5)
         elapsed = time.monotonic() - started
         assert accepted, "the source never connected"
         assert 0.9 <= elapsed < 2.5, elapsed
@@ -490,7 +490,7 @@ def test_stop_is_prompt_and_clean(camera, sources):
     started = time.monotonic()
     assert source.stop()
     assert time.monotonic() - started < 2.0
-    assert source.state is SourceState.STOPPED
+    assert source.state is StreamState.STOPPED
     delivered = sink.count()
     time.sleep(0.3)
     assert sink.count() == delivered

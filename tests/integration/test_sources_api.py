@@ -7,7 +7,8 @@ import functools
 import pytest
 
 from service.netguard import parse_networks
-from service.sources import SourceSettings, source_factory
+from service.settings import SourceSettings
+from service.sources import source_factory
 from tests.support.rtsp import RtspCamera, wait_for
 
 SETTINGS = SourceSettings(

@@ -1,4 +1,4 @@
-"""ONNX Runtime / OpenVINO reconstructors: parity with PyTorch, int8, cache, errors, bench smoke."""
+"""The backends behind `make_backend`: parity with PyTorch, int8, cache, errors, bench smoke."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from model import DESDnet, DESDnetConfig, runtimes
-from model.inference import TorchReconstructor, make_reconstructor, score_clips
+from model import DESDnet, DESDnetConfig
+from model.backends import Backend, MissingPackageError, TorchBackend, make_backend, score_clips
+from model.backends.artefacts import weights_digest
 from tests.unit.model.test_export import fixed_clips, realistic_model
 
 pytest.importorskip("onnx")
@@ -43,7 +44,7 @@ def calibration(tiny_config: DESDnetConfig) -> torch.Tensor:
 def reference(model: DESDnet, clips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     with torch.no_grad():
         image = model(clips, with_feature=False).image
-    return image, score_clips(TorchReconstructor(realistic_model(model.config)), clips).score
+    return image, score_clips(TorchBackend(realistic_model(model.config)), clips).score
 
 
 def correlation(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -54,7 +55,7 @@ def correlation(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_fp32_backends_match_torch(
     backend: str, model: DESDnet, cache: Path, clips: torch.Tensor, reference: tuple[torch.Tensor, torch.Tensor]
 ) -> None:
-    recon = runtimes.make(model, backend, "fp32", cache_dir=cache)
+    recon = make_backend(model, backend, "fp32", cache_dir=cache)
     assert recon.name == f"{backend}-fp32" and recon.config == model.config
     for batch in (1, 3, 12):
         out = recon.reconstruct(clips[:batch])
@@ -63,9 +64,12 @@ def test_fp32_backends_match_torch(
     assert torch.allclose(score_clips(recon, clips).score, reference[1], rtol=1e-3, atol=1e-7)
 
 
-def test_make_reconstructor_delegates(model: DESDnet, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("VAD_CACHE_DIR", str(cache))
-    assert make_reconstructor(model, "onnxruntime", "fp32").name == "onnxruntime-fp32"
+def test_every_backend_is_a_backend(model: DESDnet, cache: Path) -> None:
+    built = [make_backend(model, "torch"), make_backend(model, "onnxruntime", "fp32", cache_dir=cache),
+             make_backend(model, "openvino", "fp32", cache_dir=cache)]
+    assert [b.name for b in built] == ["torch-fp32", "onnxruntime-fp32", "openvino-fp32"]
+    assert all(isinstance(b, Backend) for b in built)
+    assert [b.has_feature for b in built] == [True, False, False]
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
@@ -77,13 +81,13 @@ def test_int8_scores_follow_fp32(
     calibration: torch.Tensor,
     reference: tuple[torch.Tensor, torch.Tensor],
 ) -> None:
-    recon = runtimes.make(model, backend, "int8", cache_dir=cache, calibration_clips=lambda: calibration)
+    recon = make_backend(model, backend, "int8", cache_dir=cache, calibration_clips=lambda: calibration)
     assert recon.name == f"{backend}-int8" and not recon.cached
     out = recon.reconstruct(clips)
     assert out.shape == reference[0].shape
     assert float((out - reference[0]).abs().max()) < 0.15
     assert correlation(score_clips(recon, clips).score, reference[1]) > 0.95
-    again = runtimes.make(model, backend, "int8", cache_dir=cache)  # cached: no calibration needed
+    again = make_backend(model, backend, "int8", cache_dir=cache)  # cached: no calibration needed
     assert again.cached and again.artefact == recon.artefact
     assert torch.equal(again.reconstruct(clips[:2]), recon.reconstruct(clips[:2]))
 
@@ -91,7 +95,7 @@ def test_int8_scores_follow_fp32(
 def test_int8_calibrates_from_a_dataset(
     tiny_config: DESDnetConfig, synthetic_root: Path, tmp_path: Path
 ) -> None:
-    recon = runtimes.make(
+    recon = make_backend(
         realistic_model(tiny_config, seed=5), "onnxruntime", "int8",
         cache_dir=tmp_path, dataset=synthetic_root, calibration_size=8,
     )
@@ -102,18 +106,17 @@ def test_int8_calibrates_from_a_dataset(
 def test_int8_without_calibration_data_is_refused(
     tiny_config: DESDnetConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv("VAD_CALIBRATION_DATA", raising=False)
     with pytest.raises(ValueError, match="calibration clips"):
-        runtimes.make(realistic_model(tiny_config, seed=6), "openvino", "int8", cache_dir=tmp_path)
+        make_backend(realistic_model(tiny_config, seed=6), "openvino", "int8", cache_dir=tmp_path)
 
 
 def test_bf16_paths_stay_close(
     model: DESDnet, cache: Path, clips: torch.Tensor, reference: tuple[torch.Tensor, torch.Tensor]
 ) -> None:
     with pytest.warns(RuntimeWarning) if not _cpu_has_bf16() else nullcontext():
-        ov = runtimes.make(model, "openvino", "bf16", cache_dir=cache)
+        ov = make_backend(model, "openvino", "bf16", cache_dir=cache)
     assert ov.effective_precision in ("bf16", "fp32")
-    torch_bf16 = TorchReconstructor(realistic_model(model.config), precision="bf16")
+    torch_bf16 = TorchBackend(realistic_model(model.config), precision="bf16")
     for recon in (ov, torch_bf16):
         out = recon.reconstruct(clips)
         assert out.dtype == torch.float32
@@ -122,9 +125,9 @@ def test_bf16_paths_stay_close(
 
 
 def test_cache_is_keyed_by_weights(tiny_config: DESDnetConfig, tmp_path: Path) -> None:
-    a = runtimes.make(realistic_model(tiny_config, seed=7), "onnxruntime", "fp32", cache_dir=tmp_path)
-    again = runtimes.make(realistic_model(tiny_config, seed=7), "onnxruntime", "fp32", cache_dir=tmp_path)
-    other = runtimes.make(realistic_model(tiny_config, seed=8), "onnxruntime", "fp32", cache_dir=tmp_path)
+    a = make_backend(realistic_model(tiny_config, seed=7), "onnxruntime", "fp32", cache_dir=tmp_path)
+    again = make_backend(realistic_model(tiny_config, seed=7), "onnxruntime", "fp32", cache_dir=tmp_path)
+    other = make_backend(realistic_model(tiny_config, seed=8), "onnxruntime", "fp32", cache_dir=tmp_path)
     assert not a.cached and again.cached and again.artefact == a.artefact
     assert other.artefact != a.artefact
 
@@ -133,19 +136,19 @@ def test_mapping_encoder_does_not_change_the_key(tiny_config: DESDnetConfig) -> 
     a, b = realistic_model(tiny_config, seed=9), realistic_model(tiny_config, seed=9)
     with torch.no_grad():
         b.mapping_encoder.stage1[0].weight.add_(1.0)
-    assert runtimes.weights_digest(a) == runtimes.weights_digest(b)
+    assert weights_digest(a) == weights_digest(b)
     with torch.no_grad():
         b.decoder.head[0].weight.add_(1.0)
-    assert runtimes.weights_digest(a) != runtimes.weights_digest(b)
+    assert weights_digest(a) != weights_digest(b)
 
 
 def test_bad_names_are_explained(model: DESDnet) -> None:
     with pytest.raises(ValueError, match=r"unknown backend 'tensorrt'.*onnxruntime.*openvino"):
-        runtimes.make(model, "tensorrt", "fp32")
+        make_backend(model, "tensorrt", "fp32")
     with pytest.raises(ValueError, match=r"'onnxruntime' does not support precision 'bf16'.*fp32, int8"):
-        runtimes.make(model, "onnxruntime", "bf16")
+        make_backend(model, "onnxruntime", "bf16")
     with pytest.raises(ValueError, match="openvino.*does not support precision 'fp16'"):
-        make_reconstructor(model, "openvino", "fp16")
+        make_backend(model, "openvino", "fp16")
 
 
 def test_missing_package_names_what_to_install(model: DESDnet, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -153,19 +156,20 @@ def test_missing_package_names_what_to_install(model: DESDnet, monkeypatch: pyte
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "nncf" else real(name, *a))
-    with pytest.raises(runtimes.MissingPackageError, match="pip install nncf"):
-        runtimes.make(model, "openvino", "int8")
+    with pytest.raises(MissingPackageError, match="pip install nncf"):
+        make_backend(model, "openvino", "int8")
 
 
 def test_wrong_clip_shape_is_refused(model: DESDnet, cache: Path) -> None:
-    recon = runtimes.make(model, "onnxruntime", "fp32", cache_dir=cache)
+    recon = make_backend(model, "onnxruntime", "fp32", cache_dir=cache)
     with pytest.raises(ValueError, match="expected a clip batch of shape"):
         recon.reconstruct(torch.zeros(1, 3, 32, 32))
     assert recon.reconstruct(torch.zeros(0, 5, 32, 32)).shape == (0, 1, 32, 32)
 
 
 def test_bench_smoke(tiny_config: DESDnetConfig, cache: Path, tmp_path: Path) -> None:
-    from service.bench import ModelBenchOptions, run_bench, write_report
+    from bench.model_bench import ModelBenchOptions, run_bench
+    from bench.report import write_report
 
     options = ModelBenchOptions(
         config=tiny_config, backends=("torch", "onnxruntime"), precisions=("fp32", "int8"),

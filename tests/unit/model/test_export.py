@@ -88,10 +88,10 @@ def test_export_leaves_out_the_mapping_encoder(tmp_path: Path, tiny_config: DESD
 
 
 def test_vad_export_command(tmp_path: Path, tiny_weights: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from service import bench_commands
+    from model import cli
 
     parser = argparse.ArgumentParser(prog="vad")
-    bench_commands.register(parser.add_subparsers(dest="command", required=True))
+    cli.register(parser.add_subparsers(dest="command", required=True))
     out = tmp_path / "out" / "tiny.onnx"
     args = parser.parse_args(["export", "--format", "onnx", "--weights", str(tiny_weights), "--output", str(out)])
     args.func(args)

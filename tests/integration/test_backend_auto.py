@@ -11,9 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
-import torch
 
 from model.backends.artefacts import library_versions, weights_digest
 from model.backends.record import RECORD_FORMAT, choose, machine_fingerprint, record_path
@@ -72,9 +70,9 @@ def test_auto_picks_the_fastest_passing_entry_never_a_failing_one(tiny_weights: 
         entry("openvino", "int8", 50.0, passed=False),  # fastest, but failed parity
         entry("onnxruntime", "int8", 99.0, error="RuntimeError: broke"),
     ))
-    runtime = load_runtime(tiny_weights, "cpu", "auto", "fp32", None)
-    assert (runtime.backend, runtime.precision) == ("onnxruntime", "fp32")
-    assert runtime.reconstructor.name == "onnxruntime-fp32"
+    runtime = runtime_of(tiny_weights, cache, "auto")
+    assert (runtime.backend_name, runtime.precision) == ("onnxruntime", "fp32")
+    assert runtime.backend.name == "onnxruntime-fp32"
 
 
 @pytest.mark.parametrize(

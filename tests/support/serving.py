@@ -1,6 +1,6 @@
-"""A real uvicorn server running `create_app(Settings(...))` on 127.0.0.1 in a thread, for tests.
+"""A real uvicorn server running `create_app(settings)` on 127.0.0.1 in a thread, for tests.
 
-    with running_server(Settings(weights=...)) as server:
+    with running_server(Settings.from_flat(weights=...)) as server:
         server.url("/healthz"); server.ws_url("/v1/scores"); server.context  # the live ServiceContext
 """
 

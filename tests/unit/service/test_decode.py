@@ -218,7 +218,7 @@ def test_a_header_beyond_pils_own_bomb_limit_is_too_large_not_invalid() -> None:
 def test_the_pixel_cap_setting_stays_below_pils_own_bomb_limit() -> None:
     """Above 2 * Image.MAX_IMAGE_PIXELS PIL refuses a header by itself, so a larger cap could not be
     honoured: the setting refuses it at start-up instead."""
-    from service.settings import LimitSettings, SettingsError, Settings
+    from service.settings import LimitSettings, Settings, SettingsError
 
     assert LimitSettings.model_fields["max_pixels"].metadata[-1].le <= 2 * Image.MAX_IMAGE_PIXELS
     with pytest.raises(SettingsError, match="--max-pixels='250000000': Input should be less than or equal to"):

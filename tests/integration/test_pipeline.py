@@ -15,8 +15,8 @@ from websockets.sync.client import connect
 
 from service.domain import FrameResult, UnsupportedSource
 from service.streams import SourceRequest, StreamManager
-from tests.support.serving import encode, metric_value, running_server
 from tests.integration.test_scoring import evaluator_scores, write_frames
+from tests.support.serving import encode, metric_value, running_server
 
 JPEG = {"content-type": "image/jpeg"}
 

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from service import netguard
-from service.netguard import SourceRefused, check_source_url, parse_networks, redact_text, redact_url
 from service.domain import StreamState
 from service.metrics import ServiceMetrics
+from service.netguard import SourceRefused, check_source_url, parse_networks, redact_text, redact_url
 from service.settings import SourceSettings
 from service.sources import LiveSource, ffmpeg_options
 from tests.support.rtsp import PED2_FRAMES, RtspCamera, rtsp_available, wait_for, write_frames

@@ -34,7 +34,7 @@ async def readyz(context: Context, response: Response) -> ReadyOut:
         reason=reason,
         weights=str(context.settings.model.weights),
         device=rt.device if rt else None,
-        backend=rt.backend if rt else None,
+        backend=rt.backend_name if rt else None,
         precision=rt.precision if rt else None,
         threshold=rt.threshold if rt else None,
         calibration=rt.calibration_source if rt else None,

@@ -100,6 +100,9 @@ def test_serve_with_backend_auto_reports_the_chosen_backend(tiny_weights: Path, 
     server = start_server(backend="auto")
     text = httpx.get(server.url("/metrics"), timeout=10).text
     assert metric_value(text, "vad_model_info", {"backend": "onnxruntime", "precision": "fp32"}) == 1.0
+    ready = httpx.get(server.url("/readyz"), timeout=10)
+    assert ready.status_code == 200, ready.text
+    assert (ready.json()["backend"], ready.json()["precision"]) == ("onnxruntime", "fp32")
 
 
 def test_a_runtime_uses_its_backend_s_calibration_from_the_record(

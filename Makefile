@@ -24,7 +24,7 @@ serve: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check model service bench tests
-	$(VENV)/bin/mkdocs build --strict --quiet --site-dir build/site
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir build/site
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -34,7 +34,7 @@ lint: $(STAMP)
 # generated from the configuration tree: `make docs` rewrites it, a test fails when it is stale.
 docs: $(STAMP)
 	$(PY) -m service.settings --write-docs docs/configuration.md
-	$(VENV)/bin/mkdocs build --strict --site-dir build/site
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir build/site
 
 docs-serve: $(STAMP)
 	$(VENV)/bin/mkdocs serve

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The final benchmark set, written to bench/results/final/ (see service/README-bench.md).
+# The final benchmark set, written to bench/results/final/ (see docs/backends.md).
 # Run it on an otherwise idle machine: every number depends on nothing else using the cores.
 #
 #   bench/run_all.sh                      # about 20-25 minutes on 2 cores
@@ -9,7 +9,7 @@
 # measurement), E2E_SECONDS (per end-to-end run), THREADS (0 = every core), LABEL, PY, PAPER=0
 # (skip the paper configuration), and
 # VAD_CACHE_DIR (artefact cache; default a fresh-per-machine folder so every int8 model of this
-# run is calibrated on real Ped2 training clips).
+# run is calibrated on real Ped2 training clips; given to calibrate-backends and bench as --cache-dir).
 #
 # Steps (each one's failure is reported at the end; the others still run):
 #   1. vad calibrate-backends   lite weights: speed + parity per backend/precision -> OUT/backends.json
@@ -33,7 +33,8 @@ E2E_SECONDS=${E2E_SECONDS:-20}
 THREADS=${THREADS:-0}
 LABEL=${LABEL:-final run, machine otherwise idle}
 export VAD_CACHE_DIR=${VAD_CACHE_DIR:-$HOME/.cache/vad-final}
-# vad calibrate-backends writes the record here and vad serve --backend auto (step 2) reads it.
+# vad calibrate-backends writes the record here (--output) and the server of step 2 reads it
+# (the service's setting VAD_BACKEND_RECORD, for --backend auto).
 export VAD_BACKEND_RECORD=$OUT/backends.json
 PAIRS=(torch/fp32 onnxruntime/fp32 onnxruntime/int8 openvino/fp32 openvino/int8)
 VAD=("$PY" -m service.cli)
@@ -79,7 +80,8 @@ if [ -f "$WEIGHTS" ]; then
   LITE=(--weights "$WEIGHTS")
   E2E_BACKEND=auto
   step calibrate-backends "${VAD[@]}" calibrate-backends --weights "$WEIGHTS" --data "$DATA" \
-    --backends torch,onnxruntime,openvino --precisions fp32,int8 --threads "$THREADS"
+    --backends torch,onnxruntime,openvino --precisions fp32,int8 --threads "$THREADS" \
+    --cache-dir "$VAD_CACHE_DIR" --output "$VAD_BACKEND_RECORD"
 else
   echo "note: $WEIGHTS not found: lite rows use random weights, no parity and no calibrate-backends"
   LITE=(--config lite)
@@ -89,11 +91,11 @@ fi
 pairs_csv=$(IFS=,; echo "${PAIRS[*]}")
 step bench-lite "${VAD[@]}" bench "${LITE[@]}" --data "$DATA" --pairs "$pairs_csv" --batch-sizes 1,4 \
   --seconds "$BENCH_SECONDS" --threads "$THREADS" --streams 1,2,4 --e2e-seconds "$E2E_SECONDS" \
-  --e2e-backend "$E2E_BACKEND" --label "lite: $LABEL" --output "$OUT/lite"
+  --e2e-backend "$E2E_BACKEND" --cache-dir "$VAD_CACHE_DIR" --label "lite: $LABEL" --output "$OUT/lite"
 
 [ "${PAPER:-1}" = 0 ] || step bench-paper "${VAD[@]}" bench --config paper --data "$DATA" --pairs torch/fp32,openvino/int8 \
   --batch-sizes 1 --seconds "$BENCH_SECONDS" --threads "$THREADS" --no-end-to-end \
-  --label "paper: $LABEL" --output "$OUT/paper"
+  --cache-dir "$VAD_CACHE_DIR" --label "paper: $LABEL" --output "$OUT/paper"
 
 if [ -f "$WEIGHTS" ]; then
   for pair in "${PAIRS[@]}"; do

@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from model.backends.torch_backend import TorchBackend  # noqa: E402
 from model.data import FrameSet, held_out_videos, list_videos, load_labels, split_folder  # noqa: E402
 from model.evaluate import (  # noqa: E402
     CAUSAL_WINDOW,
@@ -33,12 +34,11 @@ from model.evaluate import (  # noqa: E402
     paper_protocol,
     protocol_metrics,
 )
-from model.inference import TorchReconstructor  # noqa: E402
 from model.scoring import error_map, patch_score  # noqa: E402
 from model.weights import Calibration, load_weights  # noqa: E402
 
 
-def error_maps(recon: TorchReconstructor, frames: FrameSet, batch: int = 16) -> list[torch.Tensor]:
+def error_maps(recon: TorchBackend, frames: FrameSet, batch: int = 16) -> list[torch.Tensor]:
     """Per video: (N, S, S) signed error maps of every clip (first T-1 frames unscored)."""
     cfg = recon.config
     out = []
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     began = time.perf_counter()
     w = load_weights(args.weights)
     cfg = w.config
-    recon = TorchReconstructor(w.model)
+    recon = TorchBackend(w.model)
     test_dir = split_folder(args.data, "testing")
     videos = list_videos(test_dir)
     test = FrameSet.load(test_dir, cfg, videos)

@@ -28,13 +28,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from score_ablation import error_maps  # noqa: E402
-
+from bench.score_ablation import error_maps  # noqa: E402
+from model.backends.torch_backend import TorchBackend  # noqa: E402
 from model.data import FrameSet, held_out_videos, list_videos, load_labels, split_folder  # noqa: E402
 from model.evaluate import CAUSAL_WINDOW, paper_protocol, protocol_metrics, trailing_mean  # noqa: E402
-from model.inference import TorchReconstructor  # noqa: E402
 from model.scoring import box_means  # noqa: E402
 from model.weights import load_weights  # noqa: E402
 
@@ -58,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     w = load_weights(args.weights)
     cfg = w.config
     size, stride = cfg.patch_size, cfg.patch_stride
-    recon = TorchReconstructor(w.model)
+    recon = TorchBackend(w.model)
     test_dir, train_dir = split_folder(args.data, "testing"), split_folder(args.data, "training")
     videos = list_videos(test_dir)
     test = FrameSet.load(test_dir, cfg, videos)

@@ -168,8 +168,9 @@ def test_wrong_clip_shape_is_refused(model: DESDnet, cache: Path) -> None:
 
 
 def test_bench_smoke(tiny_config: DESDnetConfig, cache: Path, tmp_path: Path) -> None:
-    from bench.model_bench import ModelBenchOptions, run_bench
+    from bench.model_bench import ModelBenchOptions
     from bench.report import write_report
+    from bench.run import run_bench
 
     options = ModelBenchOptions(
         config=tiny_config, backends=("torch", "onnxruntime"), precisions=("fp32", "int8"),

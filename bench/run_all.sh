@@ -103,7 +103,7 @@ if [ -f "$WEIGHTS" ]; then
     precision=${pair#*/}
     target="$OUT/parity-$backend-$precision.json"
     step "evaluate-$backend-$precision" write_to "$target" "${VAD[@]}" evaluate --weights "$WEIGHTS" \
-      --data "$DATA" --backend "$backend" --precision "$precision" --json
+      --data "$DATA" --backend "$backend" --precision "$precision" --cache-dir "$VAD_CACHE_DIR" --json
   done
   step parity-table write_to "$OUT/parity.md" "$PY" bench/parity_table.py "$OUT"
   cat "$OUT/parity.md" 2>/dev/null

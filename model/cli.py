@@ -95,6 +95,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             localization=args.localization,
             backend=args.backend,
             precision=args.precision,
+            cache_dir=Path(args.cache_dir) if args.cache_dir else None,
             progress=not args.quiet and not args.json,
         )
     )
@@ -201,6 +202,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="also measure heatmap mass inside testing/masks")
     p.add_argument("--backend", default="torch")
     p.add_argument("--precision", default="fp32")
+    p.add_argument("--cache-dir", help="exported/quantised model cache (default ~/.cache/vad)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--update-card", action="store_true",
                    help="merge the results into the model card beside the weights (.json and .md)")

@@ -116,6 +116,7 @@ class EvaluateOptions:
     backend: str = "torch"
     precision: str = "fp32"
     device: str = "cpu"
+    cache_dir: Path | None = None  # exported/quantised models (default ~/.cache/vad)
     progress: bool = False
 
 
@@ -137,7 +138,8 @@ def score_videos(weights: LoadedWeights, options: EvaluateOptions) -> tuple[list
     videos = list_videos(test_dir)
     frames = FrameSet.load(test_dir, cfg, videos)
     labels = load_labels(options.data, videos, [len(f) for f in frames.frames])
-    extra = {} if options.backend == "torch" else {"dataset": options.data}  # int8 calibrates on training/
+    # int8 calibrates on the dataset's training/ clips the first time it is built.
+    extra = {} if options.backend == "torch" else {"dataset": options.data, "cache_dir": options.cache_dir}
     backend = make_backend(weights.model, options.backend, options.precision, options.device, **extra)
     center = weights.center if options.backend == "torch" else None
     results: list[VideoScores] = []

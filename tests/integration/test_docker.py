@@ -87,12 +87,10 @@ def test_compose_wiring():
 
 
 def exported_names() -> set[str]:
-    """Every series name the service can export: ServiceMetrics plus the live-source metrics."""
+    """Every series name the service can export (ServiceMetrics holds the live-source counters too)."""
     from service.metrics import ServiceMetrics
-    from service.sources import PrometheusSourceMetrics
 
     metrics = ServiceMetrics()
-    PrometheusSourceMetrics(metrics.registry, dropped=metrics.dropped)
     names: set[str] = set()
     for family in metrics.registry.collect():
         names.add(family.name)

@@ -159,7 +159,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = every core)")
     p.add_argument("--data", help="dataset root: real training clips as input and for int8 calibration "
                                   "(default: random clips)")
-    p.add_argument("--cache-dir", help="exported/quantised model cache (default ~/.cache/vad)")
+    p.add_argument("--cache-dir", help="exported/quantised model cache (default $VAD_CACHE_DIR, else ~/.cache/vad)")
     p.add_argument("--pairs", type=_pairs,
                    help="exact BACKEND/PRECISION pairs for (a), comma-separated (instead of backends x precisions)")
     p.add_argument("--no-pipeline", action="store_true", help="skip the paper-pipeline baseline (c)")
@@ -195,8 +195,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--seconds", type=float, default=3.0, help="timed seconds per speed measurement")
     p.add_argument("--clips", type=int, default=DEFAULT_PARITY_CLIPS, help="parity clips, spread over the test videos")
     p.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = every core)")
-    p.add_argument("--cache-dir", help="artefact cache and record folder (default ~/.cache/vad)")
-    p.add_argument("--output", help="record file (default: CACHE/backends/<weights digest>-cpu.json, "
-                                    "where --backend auto looks)")
+    p.add_argument("--cache-dir", help="artefact cache and record folder (default $VAD_CACHE_DIR, else ~/.cache/vad)")
+    p.add_argument("--output", help="record file (default: $VAD_BACKEND_RECORD, else "
+                                    "CACHE/backends/<weights digest>-cpu.json, where --backend auto looks)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_calibrate_backends)

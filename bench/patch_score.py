@@ -10,28 +10,15 @@ so the numbers do not depend on what else the machine is running on its other co
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.timing import time_call  # noqa: E402
 from model.scoring import patch_score, patch_score_loop  # noqa: E402
-
-
-def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
 
 
 def main() -> None:
@@ -51,9 +38,10 @@ def main() -> None:
     loop = patch_score_loop(errors, args.patch, args.stride)
     torch.testing.assert_close(fast, loop, rtol=1e-5, atol=1e-7)
 
-    fast_ms = median_ms(lambda: patch_score(errors, args.patch, args.stride), args.repeats) / args.batch
-    loop_ms = median_ms(lambda: patch_score_loop(errors, args.patch, args.stride), args.loop_repeats,
-                        warmup=1) / args.batch
+    fast_timing = time_call(lambda: patch_score(errors, args.patch, args.stride), 0.0, warmup=3, min_runs=args.repeats)
+    loop_timing = time_call(lambda: patch_score_loop(errors, args.patch, args.stride), 0.0, warmup=1,
+                            min_runs=args.loop_repeats)
+    fast_ms, loop_ms = fast_timing.median_s * 1e3 / args.batch, loop_timing.median_s * 1e3 / args.batch
     print(f"patch score, {args.size}x{args.size} map, {args.patch}x{args.patch} window, stride {args.stride}, "
           f"batch {args.batch}, {torch.get_num_threads()} thread(s), torch {torch.__version__}")
     print(f"  patch_score       {fast_ms:9.3f} ms/frame (median of {args.repeats})")

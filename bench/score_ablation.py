@@ -27,14 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.backends.torch_backend import TorchBackend  # noqa: E402
 from model.data import FrameSet, held_out_videos, list_videos, load_labels, split_folder  # noqa: E402
-from model.evaluate import (  # noqa: E402
-    CAUSAL_WINDOW,
-    PAPER_SIGMA,
-    causal_protocol,
-    paper_protocol,
-    protocol_metrics,
-)
-from model.scoring import error_map, patch_score  # noqa: E402
+from model.evaluate import PAPER_SIGMA, causal_protocol, paper_protocol, protocol_metrics  # noqa: E402
+from model.scoring import CAUSAL_WINDOW, error_map, patch_score  # noqa: E402
 from model.weights import Calibration, load_weights  # noqa: E402
 
 

@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.score_ablation import error_maps  # noqa: E402
 from model.backends.torch_backend import TorchBackend  # noqa: E402
 from model.data import FrameSet, held_out_videos, list_videos, load_labels, split_folder  # noqa: E402
-from model.evaluate import CAUSAL_WINDOW, paper_protocol, protocol_metrics, trailing_mean  # noqa: E402
-from model.scoring import box_means  # noqa: E402
+from model.evaluate import paper_protocol, protocol_metrics  # noqa: E402
+from model.scoring import CAUSAL_WINDOW, box_means, trailing_mean  # noqa: E402
 from model.weights import load_weights  # noqa: E402
 
 

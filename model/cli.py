@@ -12,7 +12,7 @@ import shlex
 import sys
 from pathlib import Path
 
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "ped2-lite.safetensors"
+from .paths import DEFAULT_WEIGHTS
 
 
 class CliError(Exception):
@@ -202,7 +202,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="also measure heatmap mass inside testing/masks")
     p.add_argument("--backend", default="torch")
     p.add_argument("--precision", default="fp32")
-    p.add_argument("--cache-dir", help="exported/quantised model cache (default ~/.cache/vad)")
+    p.add_argument("--cache-dir", help="exported/quantised model cache (default $VAD_CACHE_DIR, else ~/.cache/vad)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--update-card", action="store_true",
                    help="merge the results into the model card beside the weights (.json and .md)")

@@ -27,7 +27,15 @@ from pydantic import SecretStr
 from model.cli import CliError
 from model.cli import register as register_model_commands
 
-from .settings import SECTIONS, SettingInfo, Settings, SettingsError, all_settings, type_name
+from .settings import (
+    SECTIONS,
+    SettingInfo,
+    Settings,
+    SettingsError,
+    all_settings,
+    environment_value,
+    type_name,
+)
 
 
 def _flag_type(annotation: object) -> tuple[object, list[str] | None]:
@@ -118,18 +126,34 @@ def cmd_serve(args: argparse.Namespace) -> None:
         raise SystemExit(3)  # uvicorn's status when the server could not start (e.g. port in use)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(with_bench: bool = True) -> argparse.ArgumentParser:
+    """with_bench=False leaves out the bench commands: `vad serve` never loads the bench package."""
     parser = argparse.ArgumentParser(prog="vad", description="DESDnet video anomaly detection")
     sub = parser.add_subparsers(dest="command", required=True)
     register_model_commands(sub)
     add_serve_parser(sub)
-    if importlib.util.find_spec("bench") is not None and importlib.util.find_spec("bench.cli") is not None:
+    if with_bench and importlib.util.find_spec("bench") is not None and importlib.util.find_spec("bench.cli"):
         importlib.import_module("bench.cli").register(sub)
     return parser
 
 
+def apply_shared_settings(args: argparse.Namespace) -> None:
+    """The offline commands (evaluate, bench, calibrate-backends) honour the variables they share with
+    `vad serve` when no flag is given: the artefact cache (VAD_CACHE_DIR) and, for the record that
+    `--backend auto` reads, VAD_BACKEND_RECORD, so a record written here is where the service looks."""
+    if args.command == "serve":
+        return
+    if getattr(args, "cache_dir", "absent") is None:
+        args.cache_dir = environment_value("model", "cache_dir")
+    if args.command == "calibrate-backends" and getattr(args, "output", None) is None:
+        args.output = environment_value("model", "backend_record")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else argv
+    command = next((word for word in words if not word.startswith("-")), None)
+    args = build_parser(with_bench=command != "serve").parse_args(argv)
+    apply_shared_settings(args)
     from model.data import DatasetError
     from model.train import TrainError
     from model.weights import WeightsError

@@ -29,11 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from model.paths import DEFAULT_WEIGHTS, REPOSITORY
+
 ENV_PREFIX = "VAD_"
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "ped2-lite.safetensors"
 
 AnyNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # PIL refuses to read a header above 2 * Image.MAX_IMAGE_PIXELS (its decompression-bomb error), so a
@@ -48,7 +49,9 @@ class SettingsError(ValueError):
 
 
 class _Section(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
+    # An empty variable means "the default" (VAD_API_TOKEN= is no token, VAD_SOURCE_STALL_TIMEOUT_S= is 5 s).
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True,
+                                      env_ignore_empty=True)
 
 
 class ServerSettings(_Section):
@@ -97,6 +100,17 @@ class ModelSettings(_Section):
     calibration_data: Path | None = Field(
         None, description="dataset root whose training/ clips calibrate an int8 backend the first time it is built"
     )
+
+    @field_validator("precision")
+    @classmethod
+    def _backend_supports_precision(cls, value: str, info: Any) -> str:
+        backend = info.data.get("backend")
+        if backend not in (None, "auto"):
+            from model.backends import VALID  # torch: imported only when a tree is built, not for --help
+
+            if value not in VALID[backend]:
+                raise ValueError(f"backend {backend!r} supports {', '.join(VALID[backend])}, not {value!r}")
+        return value
 
 
 class InferenceSettings(_Section):
@@ -169,7 +183,9 @@ class SourceSettings(_Section):
     decoder_threads: int = Field(1, ge=1, le=64, description="FFmpeg decoder threads per camera")
     allowed_networks: Annotated[tuple[AnyNetwork, ...], NoDecode] = Field(
         (),
-        validation_alias=AliasChoices("VAD_ALLOWED_SOURCE_NETWORKS", "allowed_networks"),
+        # The one variable outside the VAD_SOURCE_ prefix (its name predates the section). A plain
+        # string alias: AliasChoices would also read an unprefixed ALLOWED_NETWORKS variable.
+        validation_alias="VAD_ALLOWED_SOURCE_NETWORKS",
         description="comma-separated networks cameras may be on (e.g. 10.0.0.0/8,192.168.1.0/24); "
         "empty: public addresses only (loopback, private and link-local refused)",
     )
@@ -186,7 +202,8 @@ class SourceSettings(_Section):
     )
 
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX + "SOURCE_", extra="forbid", validate_default=True, populate_by_name=True
+        env_prefix=ENV_PREFIX + "SOURCE_", extra="forbid", validate_default=True, populate_by_name=True,
+        env_ignore_empty=True,
     )
 
     @field_validator("allowed_networks", mode="before")
@@ -249,8 +266,8 @@ class SettingInfo:
 
 def _env_name(section: type[_Section], name: str) -> str:
     field = section.model_fields[name]
-    if isinstance(field.validation_alias, AliasChoices):
-        return str(field.validation_alias.choices[0])
+    if isinstance(field.validation_alias, str):
+        return field.validation_alias
     return f"{section.model_config.get('env_prefix', '')}{name}".upper()
 
 
@@ -309,6 +326,12 @@ class Settings(BaseModel):
     def flat(self) -> dict[str, Any]:
         """Every setting by key (secrets stay SecretStr)."""
         return {i.key: getattr(getattr(self, i.section), i.field) for i in all_settings()}
+
+
+def environment_value(section: str, field: str) -> str | None:
+    """The raw value of one setting's variable (None when unset or empty), for the offline commands
+    that share it with `vad serve` (service/cli.py)."""
+    return os.environ.get(_env_name(SECTIONS[section], field)) or None
 
 
 def _suggest(key: str, infos: Mapping[str, SettingInfo]) -> str:
@@ -375,9 +398,9 @@ def _default_text(info: SettingInfo) -> str:
     if value is None or value == () or value == {}:
         return "unset"
     if isinstance(value, Path):
-        home, root = Path.home(), DEFAULT_WEIGHTS.parent.parent
-        if value.is_relative_to(root):
-            return str(value.relative_to(root))
+        home = Path.home()
+        if value.is_relative_to(REPOSITORY):
+            return str(value.relative_to(REPOSITORY))
         if value.is_relative_to(home):
             return "~/" + str(value.relative_to(home))
     if isinstance(value, bool):

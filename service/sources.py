@@ -149,7 +149,8 @@ class LiveSource:
         opener: Opener | None = None,
         resolver=None,
     ) -> None:
-        self.settings = settings or SourceSettings()
+        # Plain defaults (no environment) when none are given: the service passes its own.
+        self.settings = settings or SourceSettings.model_construct()
         self.stream_id = stream_id
         self._resolver = resolver
         self._url = url
@@ -258,12 +259,19 @@ class LiveSource:
     def _safe(self, text: object) -> str:
         return redact_text(str(text), self._url)
 
-    def _drop(self, reason: DropReason, count: int = 1) -> None:
-        self.dropped[reason] = self.dropped.get(reason, 0) + count
+    def _count(self, method: str, *args: Any) -> None:
+        """One call to the metrics; none once stopped: a deleted stream's series are already gone, and
+        a grabber still finishing a read must not bring them back."""
+        if self._stop.is_set():
+            return
         try:
-            self._metrics.dropped(self.stream_id, reason, count)
+            getattr(self._metrics, method)(self.stream_id, *args)
         except Exception:  # noqa: BLE001 - metrics never break the source
             log.exception("source metrics failed")
+
+    def _drop(self, reason: DropReason, count: int = 1) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + count
+        self._count("dropped", reason, count)
 
     def _set_state(self, state: StreamState, reason: str | None = None, reset: bool = False) -> None:
         with self._lock:
@@ -300,10 +308,7 @@ class LiveSource:
                 return False
             self._stall_epoch = epoch
         self.stalls += 1
-        try:
-            self._metrics.stall(self.stream_id)
-        except Exception:  # noqa: BLE001
-            log.exception("source metrics failed")
+        self._count("stall")
         log.warning("stream %s: source %s stalled (%s); reopening", self.stream_id, self.source, how)
         return True
 
@@ -320,10 +325,7 @@ class LiveSource:
             while not self._stop.is_set():
                 if opened_before or attempt:
                     self.reconnects += 1
-                    try:
-                        self._metrics.reconnect(self.stream_id)
-                    except Exception:  # noqa: BLE001
-                        log.exception("source metrics failed")
+                    self._count("reconnect")
                 try:
                     checked = check_source_url(
                         self._url, self.settings.allowed_networks,

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..domain import FrameResult, StreamInfo
+from ..domain import FrameResult, FrameStatus, StreamInfo, StreamState
 
 
 class CreateStream(BaseModel):
@@ -38,7 +38,7 @@ class PatchOut(BaseModel):
 class FrameResultOut(BaseModel):
     stream_id: str | None = Field(description="null for POST /v1/score")
     frame_index: int = Field(description="0-based index of the frame in its stream")
-    status: Literal["warming", "scored", "dropped"]
+    status: FrameStatus
     score: float | None = Field(None, description="raw patch score (max window mean of the squared error)")
     normalized_score: float | None = Field(
         None, description="causal z-score: log score normalised by the backend's calibration"
@@ -76,7 +76,7 @@ class StreamOut(BaseModel):
     id: str
     name: str
     source: str
-    state: Literal["starting", "warming", "running", "reconnecting", "stopped", "failed"]
+    state: StreamState
     state_reason: str | None
     frames_received: int
     frames_scored: int

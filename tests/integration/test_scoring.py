@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
+from model.backends import make_backend, score_clips
 from model.data import list_videos, to_model_range
 from model.evaluate import causal_protocol
-from model.backends import make_backend, score_clips
 from model.weights import load_weights
 from tests.support.serving import RunningServer, encode
 

@@ -101,3 +101,24 @@ def test_the_serve_path_loads_no_benchmark_cli_or_evaluator() -> None:
     offline |= loaded & {"service.cli", "model.cli", "model.evaluate", "model.train", "model.card", "model.losses",
                          "model.erasure", "matplotlib"}
     assert not offline, sorted(offline)
+
+
+def test_vad_serve_loads_no_benchmark_module() -> None:
+    """The `vad serve` process (its parser included) never imports the bench package."""
+    code = (
+        "import sys\n"
+        "from service.cli import main\n"
+        "try:\n"
+        "    main(['serve', '--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print('\\n'.join(sorted(sys.modules)), file=sys.stderr)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
+                         timeout=120)
+    assert "--source-stall-timeout-s" in run.stdout
+    loaded = set(run.stderr.split())
+    assert "service.cli" in loaded and not {m for m in loaded if m == "bench" or m.startswith("bench.")}
+    everything = subprocess.run([sys.executable, "-m", "service.cli", "--help"], cwd=ROOT, capture_output=True,
+                                text=True, check=True, timeout=120).stdout
+    assert "calibrate-backends" in everything and "serve" in everything

@@ -135,3 +135,40 @@ def test_render_docs_replaces_only_the_table() -> None:
     assert "old table" not in rendered and markdown_table() in rendered
     with pytest.raises(ValueError, match="marker lines"):
         render_docs("# no markers")
+
+
+def test_only_the_prefixed_variable_sets_allowed_networks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALLOWED_NETWORKS", "10.0.0.0/8")
+    monkeypatch.setenv("allowed_networks", "10.0.0.0/8")
+    assert Settings.load().sources.allowed_networks == ()
+    monkeypatch.setenv("VAD_ALLOWED_SOURCE_NETWORKS", "192.168.0.0/16")
+    assert [str(n) for n in Settings.load().sources.allowed_networks] == ["192.168.0.0/16"]
+
+
+def test_an_empty_variable_means_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VAD_SOURCE_STALL_TIMEOUT_S", "")
+    monkeypatch.setenv("VAD_PORT", "")
+    settings = Settings.load()
+    assert settings.sources.stall_timeout_s == 5.0 and settings.server.port == 8000
+
+
+def test_a_backend_and_precision_that_do_not_go_together_stop_start_up() -> None:
+    with pytest.raises(SettingsError, match=r"--precision='int8': backend 'torch' supports fp32, bf16, fp16, not 'int8'"):
+        Settings.from_flat(backend="torch", precision="int8")
+    assert Settings.from_flat(backend="openvino", precision="int8").model.precision == "int8"
+    assert Settings.from_flat(backend="auto", precision="int8").model.backend == "auto"  # auto ignores it
+
+
+def test_offline_commands_share_the_cache_and_record_variables(monkeypatch: pytest.MonkeyPatch,
+                                                               tmp_path: Path) -> None:
+    from service.cli import apply_shared_settings
+
+    monkeypatch.setenv("VAD_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("VAD_BACKEND_RECORD", str(tmp_path / "record.json"))
+    parser = build_parser()
+    calibrate = parser.parse_args(["calibrate-backends", "--weights", "w", "--data", "d"])
+    apply_shared_settings(calibrate)
+    assert (calibrate.cache_dir, calibrate.output) == (str(tmp_path / "cache"), str(tmp_path / "record.json"))
+    evaluate = parser.parse_args(["evaluate", "--data", "d", "--cache-dir", "mine"])
+    apply_shared_settings(evaluate)
+    assert evaluate.cache_dir == "mine"  # a flag wins

@@ -38,18 +38,31 @@ RUN if ! command -v python3 >/dev/null || ! python3 -c "import venv, ensurepip" 
 WORKDIR /app
 
 # torch first, from the index that matches the base (CPU wheel by default), so nothing pulls CUDA.
-RUN pip install --index-url "$TORCH_INDEX_URL" "torch==${TORCH_VERSION}"
+# Then a constraints file pins the exact build installed, local label included (torch==2.13.0+cpu, or
+# +cu126): pyproject's torch==2.13.0 is already met by it (PEP 440 ignores a local label the specifier
+# lacks), so pip keeps it; but were anything in the next resolve to ask for another torch, pip would
+# fetch PyPI's, whose Linux wheel is the CUDA build with gigabytes of nvidia-* wheels. The constraint
+# only the installed wheel meets turns that into a failed build instead. (Not --no-deps: that would
+# skip every other dependency too.)
+RUN pip install --index-url "$TORCH_INDEX_URL" "torch==${TORCH_VERSION}" \
+    && python -c "import torch; print('torch==' + torch.__version__)" > "$VIRTUAL_ENV/torch-constraint.txt"
 
-COPY pyproject.toml README.md* ./
+COPY pyproject.toml README.md ./
 COPY model/ model/
 COPY service/ service/
-RUN pip install . && python -c "import av, cv2, torch, service.sources"
+# [fast]: onnxruntime and openvino (+ onnx, nncf) for --backend onnxruntime/openvino/auto.
+# bench/ (offline tooling) is not in the build context: setuptools' include of bench* then finds nothing.
+RUN pip install --constraint "$VIRTUAL_ENV/torch-constraint.txt" ".[fast]" \
+    && python -c "import av, cv2, torch, onnx, onnxruntime, openvino, nncf, service.sources" \
+    && mkdir -p /app/.cache/vad \
+    && chown -R 10001:10001 /app/.cache
 
 COPY --chown=10001:10001 weights/ weights/
 
 ENV VAD_HOST=0.0.0.0 \
     VAD_PORT=8000 \
-    VAD_WEIGHTS=/app/weights/ped2-lite.safetensors
+    VAD_WEIGHTS=/app/weights/ped2-lite.safetensors \
+    VAD_CACHE_DIR=/app/.cache/vad
 
 USER 10001:10001
 EXPOSE 8000

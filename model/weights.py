@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from .network import DESDnet, DESDnetConfig
 from .scoring import zscore, zscore_inverse
@@ -100,10 +100,26 @@ def save_weights(
         "calibration": json.dumps(asdict(calibration)),
         "training": json.dumps(training, default=str),
     }
+    _write(Path(path), tensors, metadata)
+
+
+def _write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Write a safetensors file atomically (temp file, then rename), readable like any file the process writes.
+
+    safetensors' `save_file` creates its file with mode 0600, which a container running as another user
+    cannot read; serialising to bytes and writing them with `open` gives 0666 less the umask.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
+    data = save(tensors, metadata=metadata)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    tmp.replace(path)
+    tmp.unlink(missing_ok=True)  # a temp file left by an older save keeps its mode when reopened
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_metadata(path: Path) -> dict[str, str]:
@@ -188,4 +204,4 @@ def store_as(source: Path | str, target: Path | str, dtype: torch.dtype = torch.
         k: v.to(dtype) if v.is_floating_point() else v for k, v in load_file(str(source)).items()
     }
     metadata["storage_dtype"] = str(dtype).removeprefix("torch.")
-    save_file(tensors, str(target), metadata=metadata)
+    _write(Path(target), tensors, metadata)

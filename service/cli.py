@@ -91,28 +91,19 @@ def load_settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    import uvicorn
-
-    from .app import ServiceServer, create_app
+    from . import logs
+    from .app import ServiceServer, create_app, server_config
 
     settings = load_settings(args)
     server_settings = settings.server
-    logging.basicConfig(level=server_settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_config = logs.configure(server_settings.log_level, server_settings.log_format)
     if not settings.model.weights.is_file():
         logging.getLogger("vad.serve").error(
             "weights file %s does not exist (train one with `vad train`, or pass --weights); "
             "serving anyway, /readyz answers 503 until restarted with weights", settings.model.weights,
         )
     app = create_app(settings)
-    server = ServiceServer(
-        # Score messages are a few hundred bytes of JSON: compressing each costs more CPU than
-        # it saves on the wire, on the cores the model needs.
-        uvicorn.Config(app, host=server_settings.host, port=server_settings.port,
-                       log_level=server_settings.log_level, timeout_graceful_shutdown=10,
-                       ws_per_message_deflate=False),
-        app,
-    )
+    server = ServiceServer(server_config(app, settings, log_config=log_config), app)
 
     def terminated(signum: int, frame: object) -> None:
         # uvicorn shuts down gracefully on SIGTERM, then raises it again: with this handler then in

@@ -57,6 +57,9 @@ class ServiceContext:
             on_stream_deleted=self._stream_deleted,
             max_streams=self.settings.limits.max_streams,
             heatmap_history=self.settings.limits.heatmap_history,
+            heatmap_history_bytes_per_stream=self.settings.limits.heatmap_history_bytes_per_stream,
+            heatmap_history_bytes_total=self.settings.limits.heatmap_history_bytes_total,
+            heatmap_frame_max_side=self.settings.limits.heatmap_frame_max_side,
             source_factory=self.source_factory,
             readiness=self.not_ready_reason,
         )

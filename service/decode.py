@@ -45,6 +45,8 @@ def probe_size(data: bytes, max_pixels: int) -> tuple[int, int]:
     except Image.DecompressionBombError as exc:
         # PIL refuses sizes far above its own limit while parsing the header; same answer as ours.
         raise ImageTooLarge(f"image declares too many pixels ({exc}); the limit is {max_pixels}") from exc
+    except Image.UnidentifiedImageError as exc:  # its message names an internal BytesIO object
+        raise InvalidImage("cannot decode this image: not a JPEG or PNG file") from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise InvalidImage(f"cannot decode this image: not a JPEG or PNG file ({exc})") from exc
     if kind not in ACCEPTED_FORMATS:

@@ -27,6 +27,8 @@ from .domain import DropReason, StreamState
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256)
+# Why kept /heatmap frames were evicted (service/streams.py HeatmapHistory): the stream's budget, or all streams'.
+HISTORY_EVICTION_REASONS = ("stream_budget", "total_budget")
 
 __all__ = ["CONTENT_TYPE_LATEST", "ServiceMetrics"]
 
@@ -40,6 +42,7 @@ class _LiveGauges(Collector):
         self.websocket_clients: Callable[[], int] = lambda: 0
         self.ingest_connections: Callable[[], int] = lambda: 0
         self.ready: Callable[[], bool] = lambda: False
+        self.heatmap_history_bytes: Callable[[], int] = lambda: 0
 
     def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily(
@@ -58,6 +61,10 @@ class _LiveGauges(Collector):
         )
         yield GaugeMetricFamily(
             "vad_ready", "1 when the weights are loaded and the inference worker runs", value=float(self.ready())
+        )
+        yield GaugeMetricFamily(
+            "vad_heatmap_history_bytes", "Bytes of scored frames kept for /heatmap, all streams",
+            value=self.heatmap_history_bytes(),
         )
 
 
@@ -105,6 +112,10 @@ class ServiceMetrics:
         self.websocket_disconnects = Counter(
             "vad_websocket_disconnects", "WebSocket clients gone, by reason", ["reason"], registry=r
         )
+        self.client_disconnects = Counter(
+            "vad_http_client_disconnects", "HTTP requests whose client went away before the answer (mid-upload)",
+            registry=r,
+        )
         self.source_reconnects = Counter(
             "vad_source_reconnects", "Live source reopen attempts after a failed open, a drop or a stall",
             ["stream"], registry=r,
@@ -113,6 +124,12 @@ class ServiceMetrics:
             "vad_source_stalls", "Live sources that sent no frame for stall_timeout while connected",
             ["stream"], registry=r,
         )
+        self.heatmap_history_evicted = Counter(
+            "vad_heatmap_history_evicted", "Kept /heatmap frames evicted by a byte budget, by budget",
+            ["reason"], registry=r,
+        )
+        for reason in HISTORY_EVICTION_REASONS:
+            self.heatmap_history_evicted.labels(reason)  # both series from the start, at 0
         self.model = Info("vad_model", "Loaded model: weights file, configuration, backend", registry=r)
         self.live = _LiveGauges()
         r.register(self.live)

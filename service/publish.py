@@ -4,7 +4,12 @@
 has its own bounded queue (drop policy "drop-oldest": a slow client loses its oldest messages, counted
 in vad_websocket_messages_dropped_total) and its own sender task, so a slow or stalled client cannot
 delay scoring or other clients. A client whose socket accepts nothing for `stuck_seconds` is
-disconnected (close code 1008) and counted as reason "stuck".
+disconnected (close code 1008) and counted as reason "stuck". A client that stops reading altogether
+is usually caught first by the server's keep-alive (VAD_WEBSOCKET_PING_INTERVAL_SECONDS +
+VAD_WEBSOCKET_PING_TIMEOUT_SECONDS without a pong: uvicorn closes the connection with 1011): its kernel
+buffers take many small messages before a send blocks. Reasons of vad_websocket_disconnects_total:
+client_closed (the client sent a close frame), connection_lost (the connection ended without one: a
+network drop or a keep-alive timeout), stuck, stream_deleted, shutdown.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ log = logging.getLogger("vad.publish")
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
+CLOSE_NO_STATUS = 1005
+CLOSE_ABNORMAL = 1006
 
 
 class _Client:
@@ -131,7 +138,10 @@ class ScoreHub:
         finally:
             self._clients.discard(client)
         if receiver in done:
-            self.metrics.websocket_disconnects.labels("client_closed").inc()
+            code = receiver.result() if not receiver.cancelled() and receiver.exception() is None else None
+            # 1005/1006: no close frame came (uvicorn's codes for a lost connection, keep-alive included).
+            lost = code in (CLOSE_NO_STATUS, CLOSE_ABNORMAL)
+            self.metrics.websocket_disconnects.labels("connection_lost" if lost else "client_closed").inc()
             return
         code, reason, metric_reason = client.close_with or (CLOSE_NORMAL, "", "server_closed")
         self.metrics.websocket_disconnects.labels(metric_reason).inc()
@@ -161,9 +171,9 @@ class ScoreHub:
             self.metrics.websocket_sent.inc()
 
     @staticmethod
-    async def _receive_loop(websocket: WebSocket) -> None:
-        # Subscribers send nothing we need; reading notices their close promptly.
+    async def _receive_loop(websocket: WebSocket) -> int | None:
+        """Subscribers send nothing we need; reading notices their close promptly. -> its close code."""
         while True:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
-                return
+                return message.get("code")

@@ -29,7 +29,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from model.paths import DEFAULT_WEIGHTS, REPOSITORY
@@ -64,6 +72,9 @@ class ServerSettings(_Section):
     )
     metrics_require_token: bool = Field(False, description="also protect /metrics with the token")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="log level")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text lines, or one JSON object per line (time, level, logger, message, exception)"
+    )
 
     @field_validator("api_token")
     @classmethod
@@ -141,11 +152,25 @@ class LimitSettings(_Section):
     max_streams: int = Field(16, ge=1, le=10000, description="most streams open at once (more: 429)")
     max_upload_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="largest encoded image accepted (413)")
     max_pixels: int = Field(
-        4096 * 4096, ge=64, le=PIL_HEADER_LIMIT,
-        description="largest width*height accepted, checked from the header before decoding",
+        3840 * 2160, ge=64, le=PIL_HEADER_LIMIT,
+        description="largest width*height accepted (default: 4K UHD), checked from the header before decoding",
     )
     upload_timeout_seconds: float = Field(30.0, gt=0, description="longest time to receive one request body (408)")
     heatmap_history: int = Field(16, ge=1, le=1000, description="scored frames per stream kept for /heatmap")
+    heatmap_history_bytes_per_stream: int = Field(
+        8 * 1024 * 1024, ge=64 * 1024,
+        description="bytes of kept /heatmap frames per stream; beyond it the stream's oldest are evicted "
+        "(the latest is always kept)",
+    )
+    heatmap_history_bytes_total: int = Field(
+        128 * 1024 * 1024, ge=64 * 1024,
+        description="bytes of kept /heatmap frames of all streams; beyond it the oldest of any stream are evicted",
+    )
+    heatmap_frame_max_side: int = Field(
+        1280, ge=0, le=65535,
+        description="longer side of a frame kept for /heatmap overlays (larger frames are downscaled and kept "
+        "as JPEG; 0: full size, still JPEG)",
+    )
 
 
 class PublishSettings(_Section):
@@ -155,7 +180,18 @@ class PublishSettings(_Section):
         64, ge=1, le=100000, description="messages buffered per WebSocket client; beyond it the oldest is dropped"
     )
     websocket_stuck_seconds: float = Field(
-        10.0, gt=0, description="a client that accepts no message for this long is disconnected"
+        10.0, gt=0, description="a subscriber whose messages pile up unsent for this long is closed with 1008"
+    )
+    websocket_ping_interval_seconds: float = Field(
+        20.0, gt=0, description="keep-alive: the server pings every WebSocket client this often"
+    )
+    websocket_ping_timeout_seconds: float = Field(
+        20.0, gt=0, description="keep-alive: a client that answers no ping within this long is disconnected"
+    )
+    websocket_max_message_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024,
+        description="largest WebSocket message read at all (a larger one ends the connection with 1009); "
+        "frames above max_upload_bytes but within it are answered 413 on an open connection",
     )
 
 
@@ -294,6 +330,16 @@ class Settings(BaseModel):
     publish: PublishSettings = Field(default_factory=PublishSettings)
     sources: SourceSettings = Field(default_factory=SourceSettings)
 
+    @model_validator(mode="after")
+    def _websocket_messages_hold_a_frame(self) -> Settings:
+        if self.publish.websocket_max_message_bytes < self.limits.max_upload_bytes:
+            raise ValueError(
+                f"VAD_WEBSOCKET_MAX_MESSAGE_BYTES ({self.publish.websocket_max_message_bytes}) must be at least "
+                f"VAD_MAX_UPLOAD_BYTES ({self.limits.max_upload_bytes}): the ingest WebSocket carries one frame "
+                "per message"
+            )
+        return self
+
     @classmethod
     def load(cls, overrides: Mapping[str, Any] | None = None) -> Settings:
         """The environment with `overrides` (keys, e.g. from flags) on top.
@@ -316,7 +362,11 @@ class Settings(BaseModel):
         if problems:
             raise SettingsError("; ".join(problems))
         _warn_unknown_variables(env, infos)
-        return cls(**sections)
+        try:
+            return cls(**sections)
+        except ValidationError as exc:  # a rule across sections
+            raise SettingsError("; ".join(str(e.get("msg", "")).removeprefix("Value error, ")
+                                          for e in exc.errors())) from None
 
     @classmethod
     def from_flat(cls, **values: Any) -> Settings:

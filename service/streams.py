@@ -31,7 +31,7 @@ import logging
 import threading
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
@@ -57,6 +57,7 @@ from .domain import (
     StreamState,
     UnsupportedSource,
 )
+from .heatmap import KeptFrame, keep_frame
 from .infer import FrameQueue, Job
 from .metrics import ServiceMetrics
 from .netguard import redact_url
@@ -94,9 +95,121 @@ SourceFactory = Callable[[SourceRequest, "StreamManager"], StreamSource]
 class HeatmapRecord:
     """A scored frame kept for GET /heatmap."""
 
-    result: FrameResult
-    errors: np.ndarray  # (S, S) E² in model pixels
-    frame: np.ndarray  # the original decoded frame
+    result: FrameResult  # frame_width/height: the original size, at which the heatmap is rendered
+    errors: np.ndarray  # float32 (S, S) E² in model pixels
+    frame: KeptFrame  # the frame for overlays: raw when small, else downscaled JPEG (service/heatmap.py)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.errors.nbytes) + self.frame.nbytes
+
+
+#: The drop policy of `HeatmapHistory`.
+HISTORY_POLICY = "drop-oldest"
+
+
+class HeatmapHistory:
+    """The scored frames kept for GET /heatmap, of all streams, under three bounds (policy "drop-oldest"):
+
+    - at most `max_records` per stream: a stream's oldest record goes first (the rolling window of
+      `heatmap_history` frames; not counted as an eviction);
+    - at most `bytes_per_stream` bytes per stream: the stream's oldest records are evicted
+      (reason "stream_budget");
+    - at most `bytes_total` bytes for all streams: the oldest records of any stream are evicted
+      (reason "total_budget").
+
+    The record just added is never evicted by a budget, even when it alone is above one: a stream's
+    own frames never evict its latest (a newer frame of another stream may, under the total budget). A record's bytes are its error map's and its
+    kept frame's (`HeatmapRecord.nbytes`). Thread-safe; its lock is a leaf (callers may hold a stream's
+    lock), and `evicted(reason, count)` is called under it, so it must not call back.
+    """
+
+    policy = HISTORY_POLICY
+
+    def __init__(
+        self,
+        max_records: int,
+        bytes_per_stream: int,
+        bytes_total: int,
+        evicted: Callable[[str, int], None] = lambda reason, count: None,
+    ) -> None:
+        self.max_records = max_records
+        self.bytes_per_stream = bytes_per_stream
+        self.bytes_total = bytes_total
+        self._evicted = evicted
+        self._lock = threading.Lock()
+        self._order: OrderedDict[int, tuple[str, HeatmapRecord]] = OrderedDict()  # oldest first, all streams
+        self._streams: dict[str, deque[int]] = {}  # stream -> its records' keys in _order, oldest first
+        self._stream_bytes: dict[str, int] = {}
+        self._bytes = 0
+        self._next = 0
+
+    def add(self, stream_id: str, record: HeatmapRecord) -> None:
+        with self._lock:
+            key = self._next
+            self._next += 1
+            self._order[key] = (stream_id, record)
+            keys = self._streams.setdefault(stream_id, deque())
+            keys.append(key)
+            self._stream_bytes[stream_id] = self._stream_bytes.get(stream_id, 0) + record.nbytes
+            self._bytes += record.nbytes
+            while len(keys) > self.max_records:
+                self._evict(keys[0])
+            dropped = 0
+            while self._stream_bytes[stream_id] > self.bytes_per_stream and keys[0] != key:
+                self._evict(keys[0])
+                dropped += 1
+            if dropped:
+                self._evicted("stream_budget", dropped)
+            dropped = 0
+            while self._bytes > self.bytes_total:
+                oldest = next(iter(self._order))
+                if oldest == key:
+                    break
+                self._evict(oldest)
+                dropped += 1
+            if dropped:
+                self._evicted("total_budget", dropped)
+
+    def records(self, stream_id: str) -> list[HeatmapRecord]:
+        """The stream's kept records, oldest first."""
+        with self._lock:
+            return [self._order[key][1] for key in self._streams.get(stream_id, ())]
+
+    def forget(self, stream_id: str) -> None:
+        """Drop a stream's records (it was deleted); not counted as evictions."""
+        with self._lock:
+            for key in self._streams.pop(stream_id, ()):
+                _, record = self._order.pop(key)
+                self._bytes -= record.nbytes
+            self._stream_bytes.pop(stream_id, None)
+
+    def bytes_kept(self, stream_id: str | None = None) -> int:
+        """Bytes kept for one stream, or for all (the gauge vad_heatmap_history_bytes)."""
+        with self._lock:
+            return self._bytes if stream_id is None else self._stream_bytes.get(stream_id, 0)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._order)
+
+    def _evict(self, key: int) -> None:
+        stream_id, record = self._order.pop(key)
+        keys = self._streams[stream_id]
+        assert keys[0] == key  # a stream's records are in the global order too: its oldest goes first
+        keys.popleft()
+        self._stream_bytes[stream_id] -= record.nbytes
+        self._bytes -= record.nbytes
+        if not keys:
+            del self._streams[stream_id]
+            del self._stream_bytes[stream_id]
+
+
+@dataclass(eq=False)
+class _StreamJob(Job):
+    """A stream frame's job, with what the heatmap history will keep of the frame (made by the producer)."""
+
+    kept: KeptFrame | None = None
 
 
 @dataclass(eq=False)
@@ -105,7 +218,6 @@ class _Stream:
     name: str
     source: str
     ring: FrameRing
-    history: deque[HeatmapRecord]
     created_at: float = field(default_factory=time.time)
     state: StreamState = StreamState.STARTING
     state_reason: str | None = None
@@ -154,6 +266,9 @@ class StreamManager:
         on_stream_deleted: Callable[[str], None],
         max_streams: int,
         heatmap_history: int,
+        heatmap_history_bytes_per_stream: int = 8 * 1024 * 1024,
+        heatmap_history_bytes_total: int = 128 * 1024 * 1024,
+        heatmap_frame_max_side: int = 1280,
         source_factory: SourceFactory | None = None,
         readiness: Callable[[], str | None] = lambda: None,
     ) -> None:
@@ -165,6 +280,12 @@ class StreamManager:
         self.on_stream_deleted = on_stream_deleted
         self.max_streams = max_streams
         self.heatmap_history = heatmap_history
+        self.heatmap_frame_max_side = heatmap_frame_max_side
+        self.history = HeatmapHistory(
+            heatmap_history, heatmap_history_bytes_per_stream, heatmap_history_bytes_total,
+            lambda reason, count: metrics.heatmap_history_evicted.labels(reason).inc(count),
+        )
+        metrics.live.heatmap_history_bytes = self.history.bytes_kept
         self.source_factory = source_factory
         self.readiness = readiness  # returns why frames cannot be scored now, or None
         self._streams: dict[str, _Stream] = {}
@@ -188,7 +309,6 @@ class StreamManager:
             stream = _Stream(
                 id=stream_id, name=name or stream_id, source=source if source == PUSH else redact_url(source),
                 ring=FrameRing(frames),
-                history=deque(maxlen=self.heatmap_history),
             )
             self._streams[stream_id] = stream
         if source != PUSH:
@@ -273,8 +393,13 @@ class StreamManager:
         config = self._require_ready()
         stream = self._get(stream_id)
         _check_frame(frame_bgr)
-        resized = resize_frame(frame_bgr, config)  # outside the lock: the costly part
+        resized = resize_frame(frame_bgr, config)  # outside the lock: the costly parts
+        # What the heatmap history keeps of the frame, made here rather than on the inference worker;
+        # skipped for a frame that will (most likely: the ring is read unlocked) only warm the ring.
         frame_size = (frame_bgr.shape[1], frame_bgr.shape[0])
+        ring = stream.ring
+        will_score = len(ring) + 1 >= ring.frames and ring.frame_size == frame_size
+        kept = keep_frame(frame_bgr, self.heatmap_frame_max_side) if will_score else None
         with stream.lock:
             if stream.closed:
                 raise StreamClosed(f"stream {stream_id!r} is {stream.state}")
@@ -303,9 +428,10 @@ class StreamManager:
                 future: Future[FrameResult] = Future()
                 future.set_result(result)
                 return future
-            job = Job(
+            job = _StreamJob(
                 stream_id=stream_id, frame_index=index, clip=stream.ring.clip(), frame=frame_bgr,
                 timestamp=timestamp, received_at=received_at, epoch=stream.ring.epoch, frames_buffered=buffered,
+                kept=kept,
             )
             stream.pending += 1
             evicted = self.queue.put(job)  # under the stream lock: queue order = frame order
@@ -400,7 +526,11 @@ class StreamManager:
                 stream.pending -= 1
                 stream.scored += 1
                 stream.last_result = result
-                stream.history.append(HeatmapRecord(result, scored.errors, job.frame))
+                if not stream.closed:  # under the stream lock: _discard forgets its history after closing it
+                    kept = job.kept if isinstance(job, _StreamJob) else None
+                    if kept is None:  # submit() guessed the frame would only warm the ring
+                        kept = keep_frame(job.frame, self.heatmap_frame_max_side)
+                    self.history.add(stream.id, HeatmapRecord(result, scored.errors, kept))
                 if stream.state == StreamState.WARMING and job.epoch == stream.ring.epoch:
                     stream.state, stream.state_reason = StreamState.RUNNING, None
                 closed = stream.closed
@@ -434,9 +564,15 @@ class StreamManager:
     # --- heatmaps ------------------------------------------------------------------------------
     def heatmap_record(self, stream_id: str, frame_index: int | None = None) -> HeatmapRecord:
         stream = self._get(stream_id)
-        with stream.lock:
-            history = list(stream.history)
+        history = self.history.records(stream_id)
         if not history:
+            with stream.lock:
+                scored = stream.scored
+            if scored:  # all evicted by the total budget (other streams' newer frames)
+                raise HeatmapNotAvailable(
+                    f"none of the {scored} scored frames of stream {stream_id!r} is kept any more: "
+                    "evicted by the heatmap history byte budget"
+                )
             raise HeatmapNotAvailable(f"stream {stream_id!r} has no scored frame yet")
         if frame_index is None:
             return history[-1]
@@ -463,6 +599,7 @@ class StreamManager:
         with stream.lock:
             stream.closed = True
             stream.state = StreamState.STOPPED
+        self.history.forget(stream_id)  # after closing: no scored frame is added to it any more
         if self.scorer is not None:
             self.scorer.forget(stream_id)
         self.on_stream_deleted(stream_id)
@@ -527,5 +664,5 @@ def _check_frame(frame: np.ndarray) -> None:
         raise InvalidImage(f"a frame must not be empty, got shape {frame.shape}")
 
 
-__all__ = ["PUSH", "ClipOutcome", "HeatmapRecord", "SourceFactory", "SourceRequest", "StreamManager", "StreamSink",
-           "StreamSource"]
+__all__ = ["HISTORY_POLICY", "PUSH", "ClipOutcome", "HeatmapHistory", "HeatmapRecord", "SourceFactory",
+           "SourceRequest", "StreamManager", "StreamSink", "StreamSource"]

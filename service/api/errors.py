@@ -1,14 +1,23 @@
-"""Domain errors -> HTTP responses, in this one place. Every body is {"detail": "<message>"}."""
+"""Domain errors -> HTTP responses, in this one place. Every body is {"detail": "<message>"}, request
+validation errors included; and how the OpenAPI document declares those answers."""
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from .. import domain as d
 from .deps import get_context
+from .schemas import ErrorOut
 
 log = logging.getLogger("vad.api")
 
@@ -64,6 +73,107 @@ async def service_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
 
 
+async def client_gone(request: Request, exc: Exception) -> Response:
+    """The client closed the connection while its body was being read: not a server error. Nobody is
+    left to read an answer; one line in the log and a counter."""
+    log.info("client went away during %s %s", request.method, request.url.path)
+    get_context(request).metrics.client_disconnects.inc()
+    return Response(status_code=400, headers={"Connection": "close"})
+
+
+# --- request validation -------------------------------------------------------------------------
+
+_WHERE = {"query": "query parameter", "path": "path parameter", "header": "header", "cookie": "cookie"}
+MAX_REPORTED_ERRORS = 5
+
+
+def describe_validation_error(error: Mapping[str, Any]) -> str:
+    """One of FastAPI's validation errors as a sentence naming what was wrong, e.g.
+    "query parameter 'timestamp': Input should be a finite number". The input is never echoed (it
+    may be huge, or NaN, which JSON cannot carry)."""
+    loc = [str(part) for part in error.get("loc", ())]
+    message = str(error.get("msg") or "invalid value").removeprefix("Value error, ")
+    if error.get("type") == "json_invalid":
+        reason = (error.get("ctx") or {}).get("error")
+        at = f" at character {loc[1]}" if len(loc) > 1 else ""
+        return f"body: {message}{f': {reason}' if reason else ''}{at}"
+    if not loc:
+        return message
+    kind, rest = loc[0], loc[1:]
+    if kind == "body":
+        where = f"body field '{'.'.join(rest)}'" if rest else "body"
+    elif kind in _WHERE and rest:
+        where = f"{_WHERE[kind]} '{'.'.join(rest)}'"
+    else:
+        where = ".".join(loc)
+    return f"{where}: {message}"
+
+
+async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+    """RequestValidationError -> 422 {"detail": "<message>"}, the shape of every other error."""
+    assert isinstance(exc, RequestValidationError)
+    messages = list(dict.fromkeys(describe_validation_error(e) for e in exc.errors()))
+    more = len(messages) - MAX_REPORTED_ERRORS
+    detail = "; ".join(messages[:MAX_REPORTED_ERRORS]) + (f"; and {more} more" if more > 0 else "")
+    return JSONResponse({"detail": detail or "invalid request"}, status_code=422)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """FastAPI answers a JSON body it cannot decode (not UTF-8) with 400 "There was an error parsing
+    the body"; the API answers every unreadable body with 422. Other HTTP errors keep FastAPI's answer."""
+    assert isinstance(exc, StarletteHTTPException)
+    cause = exc.__cause__
+    if exc.status_code == 400 and isinstance(cause, ValueError):
+        if isinstance(cause, UnicodeDecodeError):
+            detail = f"body: not valid UTF-8 JSON ({cause.reason} at byte {cause.start})"
+        else:
+            detail = f"body: cannot parse the JSON body ({cause})"
+        return JSONResponse({"detail": detail}, status_code=422)
+    return await http_exception_handler(request, exc)
+
+
+# --- OpenAPI -------------------------------------------------------------------------------------
+
+# 401 and its WWW-Authenticate header: deps.declare_security, on the operations that need the token.
+ERROR_HEADERS: dict[int, dict[str, Any]] = {
+    503: {"Retry-After": {"description": "seconds to wait before retrying", "required": True,
+                          "schema": {"type": "integer", "minimum": 0}}},
+}
+
+
+def error_responses(descriptions: Mapping[int, str]) -> dict[int | str, dict[str, Any]]:
+    """A route's `responses=` for its error statuses: the ErrorOut body, and the headers that
+    `service_error` sends with that status."""
+    return {
+        status: {"model": ErrorOut, "description": text, **({"headers": ERROR_HEADERS[status]} if status in ERROR_HEADERS else {})}
+        for status, text in descriptions.items()
+    }
+
+
+VALIDATION_DESCRIPTION = "invalid query parameter, path parameter or body"
+_ERROR_REF = {"$ref": "#/components/schemas/ErrorOut"}
+
+
+def declare_validation_errors(openapi: dict[str, Any]) -> None:
+    """In a generated OpenAPI document, declare ErrorOut for the 422 answers that FastAPI declares
+    with its HTTPValidationError list, and drop that schema: `validation_error` answers ErrorOut."""
+    for operations in openapi.get("paths", {}).values():
+        for operation in operations.values():
+            response = operation.get("responses", {}).get("422")
+            if response is None:
+                continue
+            content = response.setdefault("content", {}).setdefault("application/json", {})
+            if content.get("schema", {}).get("$ref", "").endswith("/HTTPValidationError"):
+                content["schema"] = dict(_ERROR_REF)
+                response["description"] = VALIDATION_DESCRIPTION
+            elif VALIDATION_DESCRIPTION not in response.get("description", ""):
+                response["description"] = f"{response.get('description', '')}; {VALIDATION_DESCRIPTION}".strip("; ")
+    schemas = openapi.get("components", {}).get("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+    assert "HTTPValidationError" not in json.dumps(openapi), "a reference to HTTPValidationError is left"
+
+
 async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return JSONResponse({"detail": "internal error; the server log has the details"}, status_code=500)
@@ -71,4 +181,7 @@ async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 
 def install(app: FastAPI) -> None:
     app.add_exception_handler(d.ServiceError, service_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(ClientDisconnect, client_gone)
     app.add_exception_handler(Exception, unexpected_error)

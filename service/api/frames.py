@@ -8,26 +8,29 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
+from pydantic import FiniteFloat
 from starlette.concurrency import run_in_threadpool
 
 from ..context import ServiceContext
 from ..decode import check_content_type, decode_image
 from ..domain import FrameResult
 from ..heatmap import HeatmapScale, reference_level, render_heatmap
+from ..streams import HeatmapRecord
 from .deps import Authorized, Context
+from .errors import error_responses
 from .schemas import ErrorOut, FrameResultOut
 from .uploads import read_body_limited, wait_result
 
 router = APIRouter(prefix="/v1/streams", tags=["frames"], dependencies=[Authorized])
 
+# Declared, not parsed by FastAPI: the endpoint reads the raw body itself under max_upload_bytes.
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
 IMAGE_BODY = {
     "requestBody": {
         "required": True,
-        "description": "one encoded frame",
-        "content": {
-            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
-            "image/png": {"schema": {"type": "string", "format": "binary"}},
-        },
+        "description": "one encoded JPEG or PNG frame, at most max_upload_bytes; "
+        "application/octet-stream: the format is read from the bytes",
+        "content": {"image/jpeg": _BINARY, "image/png": _BINARY, "application/octet-stream": _BINARY},
     }
 }
 
@@ -43,19 +46,24 @@ def decode_and_submit(
     "/{stream_id}/frames",
     response_model=FrameResultOut,
     openapi_extra=IMAGE_BODY,
-    responses={
-        404: {"model": ErrorOut, "description": "no such stream"},
-        413: {"model": ErrorOut, "description": "body above max_upload_bytes or image above max_pixels"},
-        415: {"model": ErrorOut, "description": "not image/jpeg or image/png"},
-        422: {"model": ErrorOut, "description": "undecodable image"},
-        503: {"model": ErrorOut, "description": "model not loaded"},
-    },
+    responses=error_responses({
+        404: "no such stream",
+        408: "the body did not arrive within upload_timeout_seconds",
+        409: "the stream is stopped (being deleted, or the server is shutting down)",
+        413: "body above max_upload_bytes or image above max_pixels",
+        415: "not image/jpeg, image/png or application/octet-stream",
+        422: "undecodable image, or an invalid query parameter (e.g. a timestamp that is not a finite number)",
+        503: "model not loaded, or shutting down",
+        504: "no score within result_timeout_seconds; the frame stays queued and is still scored",
+    }),
 )
 async def push_frame(
     stream_id: str,
     request: Request,
     context: Context,
-    timestamp: Annotated[float | None, Query(description="frame time, seconds since the epoch (default: now)")] = None,
+    timestamp: Annotated[
+        FiniteFloat | None, Query(description="frame time, seconds since the epoch (default: now); finite")
+    ] = None,
 ) -> FrameResultOut:
     """Score one frame of the stream. The first T-1 frames (and those after a size change) answer
     "warming"; under overload a frame may answer "dropped" with reason "overload" (HTTP 200)."""
@@ -85,8 +93,12 @@ async def get_heatmap(
     record = context.manager.heatmap_record(stream_id, frame_index)
     assert context.scorer is not None  # a scored frame exists, so the model is loaded
     reference = reference_level(record.errors, scale, context.scorer.threshold_score())
-    png = await run_in_threadpool(
-        render_heatmap, record.errors, (record.result.frame_width, record.result.frame_height), reference,
-        record.frame if overlay else None, alpha,
-    )
+    png = await run_in_threadpool(render_record, record, reference, overlay, alpha)
     return Response(png, media_type="image/png", headers={"X-Frame-Index": str(record.result.frame_index)})
+
+
+def render_record(record: HeatmapRecord, reference: float, overlay: bool, alpha: float) -> bytes:
+    """The PNG at the original frame size; the kept frame (maybe a smaller JPEG) is decoded only for an overlay."""
+    frame = record.frame.decode() if overlay else None
+    return render_heatmap(record.errors, (record.result.frame_width, record.result.frame_height), reference,
+                          frame, alpha)

@@ -118,8 +118,9 @@ class IngestSession:
                 await self.slots.acquire()
                 receive = asyncio.ensure_future(self.websocket.receive())
                 done, _ = await asyncio.wait({receive, shutdown}, return_when=asyncio.FIRST_COMPLETED)
-                if receive not in done:
-                    receive.cancel()
+                if shutdown in done:  # first, even when a frame is waiting: a sender that never pauses
+                    receive.cancel()  # must still get its 1001, not a 503 for every further frame
+                    self.slots.release()
                     await self.answers.put(_Close(CLOSE_GOING_AWAY, "server shutting down"))
                     return
                 message = receive.result()

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, field_validator
 
 from ..domain import FrameResult, FrameStatus, StreamInfo, StreamState
+
+# Every float a client sends (query parameters, JSON fields) is pydantic's FiniteFloat: NaN, Infinity
+# and numbers that overflow to infinity (1e400) are refused with 422 "Input should be a finite number".
+# Response fields stay plain floats.
+
+
+def _has_non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_has_non_finite(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_has_non_finite(v) for v in value)
+    return False
 
 
 class CreateStream(BaseModel):
@@ -18,10 +33,17 @@ class CreateStream(BaseModel):
         description='"push" (frames arrive by POST /v1/streams/{id}/frames) or a live source URL',
     )
     name: str | None = Field(None, min_length=1, max_length=200, description="a label for people; default: the id")
-    max_fps: float | None = Field(
+    max_fps: FiniteFloat | None = Field(
         None, gt=0, le=240, description="live sources: score at most this many frames per second, thinned evenly"
     )
     options: dict[str, Any] = Field(default_factory=dict, description="live-source options, passed through")
+
+    @field_validator("options")
+    @classmethod
+    def _finite_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        if _has_non_finite(options):
+            raise ValueError("Input should hold only finite numbers (no NaN or Infinity)")
+        return options
 
     def source_options(self) -> dict[str, Any]:
         """`max_fps` may be given at the top level or inside `options`; the top level wins."""
@@ -103,7 +125,9 @@ class StreamList(BaseModel):
 
 
 class ErrorOut(BaseModel):
-    detail: str
+    """The body of every error answer, validation errors included."""
+
+    detail: str = Field(description="what went wrong, for people", examples=["no stream 'nope'"])
 
 
 class HealthOut(BaseModel):

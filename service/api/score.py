@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import time
 from concurrent.futures import Future
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Query, Request
@@ -19,29 +19,42 @@ from ..domain import InvalidRequest, NotReady, PayloadTooLarge, UnsupportedMedia
 from ..heatmap import HeatmapScale, reference_level, render_heatmap
 from ..streams import ClipOutcome
 from .deps import Authorized, Context
-from .schemas import ErrorOut, FrameResultOut, ScoreResultOut
+from .errors import error_responses
+from .schemas import FrameResultOut, ScoreResultOut
 from .uploads import read_body_limited, wait_result
 
 router = APIRouter(prefix="/v1", tags=["score"], dependencies=[Authorized])
 
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the images
 
-FORM_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {"frames": {"type": "array", "items": {"type": "string", "format": "binary"}}},
-                    "required": ["frames"],
-                },
-                "encoding": {"frames": {"contentType": "image/jpeg, image/png"}},
-            }
-        },
-        "description": "T image files (any field names, e.g. 'frames' repeated), oldest first",
+
+def form_body(frames: int | None) -> dict[str, Any]:
+    """The OpenAPI request body: exactly T image files, T the clip length of the loaded weights.
+    FastAPI does not parse the form (the endpoint reads it under a byte cap), so it is declared here;
+    the app's openapi() fills in T once the model is loaded (`None`: not known yet)."""
+    count = f"exactly {frames}" if frames else "exactly T (the weights' clip length: /readyz config.frames)"
+    files: dict[str, Any] = {
+        "type": "array",
+        "items": {"type": "string", "format": "binary"},
+        "description": f"{count} JPEG or PNG files of one size, oldest first",
     }
-}
+    if frames:
+        files |= {"minItems": frames, "maxItems": frames}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {"type": "object", "properties": {"frames": files}, "required": ["frames"]},
+                    "encoding": {"frames": {"contentType": "image/jpeg, image/png"}},
+                }
+            },
+            "description": f"{count} image files, oldest first, as the field 'frames' repeated (any field names work)",
+        }
+    }
+
+
+FORM_BODY = form_body(None)
 
 
 async def _form_files(request: Request, limit: int, timeout_s: float, max_files: int) -> list[bytes]:
@@ -77,12 +90,14 @@ def _decode_and_score(
     "/score",
     response_model=ScoreResultOut,
     openapi_extra=FORM_BODY,
-    responses={
-        413: {"model": ErrorOut, "description": "an image above max_upload_bytes or max_pixels"},
-        415: {"model": ErrorOut, "description": "not multipart/form-data"},
-        422: {"model": ErrorOut, "description": "not exactly T decodable images of one size"},
-        503: {"model": ErrorOut, "description": "model not loaded, or too many requests waiting"},
-    },
+    responses=error_responses({
+        408: "the body did not arrive within upload_timeout_seconds",
+        413: "the body above T x max_upload_bytes, or an image above max_upload_bytes or max_pixels",
+        415: "not multipart/form-data",
+        422: "not exactly T decodable images of one size, a malformed form, or an invalid query parameter",
+        503: "model not loaded, shutting down, or max_pending_stateless requests already waiting",
+        504: "no score within result_timeout_seconds",
+    }),
 )
 async def score_clip(
     request: Request,

@@ -2,25 +2,42 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Request, status
+from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
 
 from .deps import Authorized, Context
-from .schemas import CreateStream, ErrorOut, StreamList, StreamOut
+from .errors import error_responses
+from .schemas import CreateStream, StreamList, StreamOut
 
 router = APIRouter(prefix="/v1/streams", tags=["streams"], dependencies=[Authorized])
 
-NOT_FOUND = {404: {"model": ErrorOut, "description": "no such stream"}}
+NOT_FOUND = error_responses({404: "no such stream"})
+
+
+def require_utf8(body: bytes) -> None:
+    """JSON bodies are UTF-8 (RFC 8259). FastAPI's parser also takes UTF-16 and UTF-32 (a body it
+    cannot decode at all is answered by errors.http_error); refuse them the same way."""
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        message = f"not valid UTF-8 JSON ({exc.reason} at byte {exc.start})"
+        raise RequestValidationError([{"type": "utf8", "loc": ("body",), "msg": message}]) from None
 
 
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=StreamOut,
-    responses={422: {"description": "invalid body or unsupported source"},
-               429: {"model": ErrorOut, "description": "too many open streams"}},
+    responses=error_responses({
+        413: "a body larger than the server reads for a JSON request",
+        422: "invalid body (not UTF-8 JSON, unknown field, a number that is not finite, ...), "
+        "unsupported or refused source",
+        429: "max_streams streams already open",
+    }),
 )
-async def create_stream(body: CreateStream, context: Context) -> StreamOut:
+async def create_stream(body: CreateStream, request: Request, context: Context) -> StreamOut:
+    require_utf8(await request.body())
     # A live source's start() may open a connection: keep it off the event loop.
     info = await run_in_threadpool(context.manager.create, body.source, body.name, body.source_options())
     return StreamOut.from_domain(info)

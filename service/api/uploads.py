@@ -1,4 +1,8 @@
-"""Reading request bodies under a byte cap and a time limit, and awaiting pipeline results."""
+"""Reading request bodies under a byte cap and a time limit, and awaiting pipeline results.
+
+A body is also cut short by a graceful shutdown (503 "server shutting down", so the server exits
+well within its grace period) and by the client going away (starlette's ClientDisconnect, which
+service/api/errors.py answers without a 500)."""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from typing import TypeVar
 
 from starlette.requests import Request
 
-from ..domain import InvalidRequest, PayloadTooLarge, ResultTimeout, UploadTimeout
+from ..domain import InvalidRequest, NotReady, PayloadTooLarge, ResultTimeout, UploadTimeout
 
 
 async def read_body_limited(request: Request, limit: int, timeout_s: float) -> bytes:
@@ -31,8 +35,21 @@ async def read_body_limited(request: Request, limit: int, timeout_s: float) -> b
             chunks.append(chunk)
         return b"".join(chunks)
 
+    shutdown: asyncio.Event = request.app.state.service.shutdown_requested
+    if shutdown.is_set():
+        raise NotReady("server shutting down")
+    reading = asyncio.ensure_future(asyncio.wait_for(read(), timeout_s))
+    stopping = asyncio.ensure_future(shutdown.wait())
     try:
-        return await asyncio.wait_for(read(), timeout_s)
+        await asyncio.wait({reading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not reading.done():
+            reading.cancel()
+    if not reading.done() or reading.cancelled():
+        raise NotReady("server shutting down: the upload was not finished")
+    try:
+        return reading.result()
     except TimeoutError as exc:
         raise UploadTimeout(f"the request body did not arrive within {timeout_s:g} s") from exc
 

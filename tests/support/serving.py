@@ -22,7 +22,7 @@ import numpy as np
 import uvicorn
 from PIL import Image
 
-from service.app import create_app
+from service.app import ServiceServer, create_app, server_config
 from service.context import ServiceContext
 from service.settings import Settings
 from service.streams import SourceFactory
@@ -34,6 +34,7 @@ class RunningServer:
     settings: Settings
     server: uvicorn.Server
     app: object
+    thread: threading.Thread | None = None  # the thread running the server
 
     @property
     def base(self) -> str:
@@ -71,7 +72,8 @@ def running_server(
     sock.bind(("127.0.0.1", 0))  # a free port, held from the start: no race with other tests
     port = sock.getsockname()[1]
     app = create_app(settings, source_factory=source_factory)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
+    # ServiceServer, as `vad serve` runs: its graceful shutdown closes WebSockets with 1001 first.
+    server = ServiceServer(server_config(app, settings, log_level="warning", timeout_graceful_shutdown=5), app)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
@@ -80,7 +82,7 @@ def running_server(
             raise RuntimeError("test server did not start")
         time.sleep(0.02)
     try:
-        yield RunningServer(port, settings, server, app)
+        yield RunningServer(port, settings, server, app, thread)
     finally:
         server.should_exit = True
         thread.join(30)

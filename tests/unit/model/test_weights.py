@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -184,3 +185,27 @@ def test_fp16_storage_halves_the_file_and_loads_as_fp32(tmp_path: Path) -> None:
             torch.testing.assert_close(got, value, rtol=1e-3, atol=1e-4, msg=name)
         else:
             assert torch.equal(got, value), name
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o077])
+def test_saved_files_get_the_mode_of_a_normal_file(tmp_path: Path, umask: int) -> None:
+    # safetensors' save_file makes 0600 files: a container running as another user could not read them.
+    expected = 0o666 & ~umask
+    old = os.umask(umask)
+    try:
+        _, path = saved(tmp_path / "w.safetensors")
+        half = tmp_path / "sub" / "w.fp16.safetensors"
+        store_as(path, half)
+        (tmp_path / "w.safetensors.tmp").write_bytes(b"left by a crashed save")
+        (tmp_path / "w.safetensors.tmp").chmod(0o600)
+        saved(tmp_path / "w.safetensors")  # over a stale temp file of mode 0600
+        plain = tmp_path / "plain"
+        with open(plain, "w"):
+            pass
+    finally:
+        os.umask(old)
+    assert plain.stat().st_mode & 0o777 == expected
+    for written in (path, half):
+        assert written.stat().st_mode & 0o777 == expected, (written, oct(written.stat().st_mode))
+    assert load_weights(half).config == TINY
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain", "sub", "w.safetensors"]

@@ -1,0 +1,102 @@
+"""Checks made before any request body is read: the bearer token, then the body's size.
+
+FastAPI reads and parses a JSON body before it runs the dependencies that check the token, so
+without this guard an unauthenticated client could make the server read (and hold) a body of any
+size. `RequestGuard` is an ASGI middleware in front of the app:
+
+- a request for a protected path without the right token is answered 401 at once, its body unread;
+- a body above its path's cap is answered 413: at once when Content-Length says so, else as soon
+  as more bytes arrive than the cap (the app then sees the client as gone; its own answer is dropped). Frame and clip uploads have their own caps (VAD_MAX_UPLOAD_BYTES, read by
+  their endpoints); every other body (JSON) is capped at JSON_BODY_LIMIT.
+
+The routers keep their `Authorized` dependency too: it declares the security scheme in the OpenAPI
+document, and a test checks that both agree on which paths are protected.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from ..settings import Settings
+from .deps import token_matches
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+JSON_BODY_LIMIT = 64 * 1024  # POST /v1/streams and any other JSON body: a few hundred bytes in practice
+OPEN_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+# Endpoints that read their own body under VAD_MAX_UPLOAD_BYTES (service/api/uploads.py).
+SELF_CAPPED = (re.compile(r"^/v1/streams/[^/]+/frames$"), re.compile(r"^/v1/score$"))
+
+
+def is_protected(path: str, settings: Settings) -> bool:
+    """Whether `path` needs the token when one is configured (HTTP; WebSockets check it on upgrade)."""
+    if path in OPEN_PATHS:
+        return False
+    return not (path == "/metrics" and not settings.server.metrics_require_token)
+
+
+def body_limit(path: str) -> int | None:
+    """The guard's cap for a body sent to `path` (None: the endpoint caps it itself)."""
+    return None if any(p.match(path) for p in SELF_CAPPED) else JSON_BODY_LIMIT
+
+
+class RequestGuard:
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        if self.settings.server.api_token is not None and is_protected(path, self.settings):
+            scheme, _, presented = headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not token_matches(self.settings, presented.strip() or None):
+                await _answer(send, 401, "missing or wrong bearer token: send the header 'Authorization: Bearer TOKEN'",
+                              {"WWW-Authenticate": "Bearer"})
+                return
+        limit = body_limit(path)
+        if limit is None:
+            await self.app(scope, receive, send)
+            return
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _answer(send, 413, f"body is {int(declared)} bytes, above the limit of {limit} bytes")
+            return
+        received = 0
+        answered = False  # the guard sent the 413: whatever the app then answers is dropped
+
+        async def counted() -> Message:
+            nonlocal received, answered
+            message = await receive()
+            if message["type"] == "http.request" and not answered:
+                received += len(message.get("body", b""))
+                if received > limit:  # a chunked body that does not stop: end it here
+                    answered = True
+                    await _answer(send, 413, f"body exceeds the limit of {limit} bytes")
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            if not answered:
+                await send(message)
+
+        await self.app(scope, counted, guarded_send)
+
+
+async def _answer(send: Send, status: int, detail: str, extra: dict[str, str] | None = None) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+               (b"connection", b"close")]
+    headers += [(k.lower().encode(), v.encode()) for k, v in (extra or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -15,7 +15,7 @@ from ..context import ServiceContext
 from ..decode import check_content_type, decode_image
 from ..domain import FrameResult
 from ..heatmap import HeatmapScale, reference_level, render_heatmap
-from ..streams import HeatmapRecord
+from ..history import HeatmapRecord
 from .deps import Authorized, Context
 from .errors import error_responses
 from .schemas import ErrorOut, FrameResultOut

@@ -12,10 +12,11 @@ from model.backends import ClipScores
 from model.weights import Calibration
 from service.domain import FrameResult, HeatmapNotAvailable, StreamNotFound
 from service.heatmap import JPEG_QUALITY, RAW_FRAME_MAX_BYTES, KeptFrame, keep_frame, render_heatmap
+from service.history import HeatmapHistory, HeatmapRecord
 from service.infer import FrameQueue
 from service.metrics import ServiceMetrics
 from service.score import Scorer
-from service.streams import HeatmapHistory, HeatmapRecord, StreamManager
+from service.streams import StreamManager
 from tests.support.data import TINY
 from tests.support.serving import metric_value
 

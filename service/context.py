@@ -13,6 +13,8 @@ from starlette.concurrency import run_in_threadpool
 
 from model.weights import WeightsError
 
+from . import autotune
+from .autotune import AutoTuner
 from .domain import DropReason, FrameResult
 from .infer import FrameQueue, InferenceWorker
 from .metrics import ServiceMetrics
@@ -26,6 +28,10 @@ log = logging.getLogger("vad.service")
 
 
 class ServiceContext:
+    # Backend "auto" without a measured record: the background measurement (service/autotune.py).
+    autotuner: AutoTuner | None = None
+    autotune_state: str = autotune.OFF
+
     def __init__(
         self,
         settings: Settings,
@@ -100,19 +106,20 @@ class ServiceContext:
             self.metrics.model.info({"weights": s.weights.name, "loaded": "false"})
             return
         inference = self.settings.inference
+        threads = s.torch_threads or torch.get_num_threads()
         self.worker = InferenceWorker(
             rt, self.queue, self.manager.complete_batch, self.metrics,
             max_batch=inference.max_batch, batch_wait_ms=inference.batch_wait_ms,
-            extra_latency_ms=inference.extra_inference_latency_ms,
+            extra_latency_ms=inference.extra_inference_latency_ms, threads=threads,
         )
         self.worker.start()
-        self.metrics.model.info({
-            "weights": s.weights.name, "loaded": "true", "config": rt.config.to_json(), "backend": rt.backend_name,
-            "precision": rt.precision, "device": rt.device, "threshold": f"{rt.threshold:g}",
-            "calibration": "weights" if rt.calibration_source == "weights" else "backend record",
-        })
         log.info("model %s loaded on %s (%s/%s), threshold %.3f", s.weights, rt.device, rt.backend_name, rt.precision,
                  rt.threshold)
+        if rt.auto is not None and rt.auto.measured:
+            self.autotune_state = autotune.RECORD
+        elif rt.unmeasured and s.autotune and rt.device == "cpu":
+            self._start_autotune(rt, threads)
+        self._publish_model_info()
 
     async def begin_shutdown(self, timeout: float = 2.0) -> None:
         """First step of a graceful shutdown, run by the server before it drops its connections (which
@@ -127,11 +134,53 @@ class ServiceContext:
 
     async def stop(self) -> None:
         self.stopping = True
+        if self.autotuner is not None:  # first: it switches nothing once stopping, and holds no frame
+            await run_in_threadpool(self.autotuner.stop)
         self.hub.close_all()
         await run_in_threadpool(self.manager.close)  # live sources' stop() may block briefly
         self.manager.drop_jobs(self.queue.close(), DropReason.SHUTDOWN)
         if self.worker is not None:
             await run_in_threadpool(self.worker.stop)
+
+    def _publish_model_info(self) -> None:
+        """vad_model_info: the weights, and the backend running now (it changes when the autotune switches)."""
+        rt = self.runtime
+        if rt is None:
+            return
+        self.metrics.model.info({
+            "weights": self.settings.model.weights.name, "loaded": "true", "config": rt.config.to_json(),
+            "backend": rt.backend_name, "precision": rt.precision, "device": rt.device,
+            "threshold": f"{rt.threshold:g}",
+            "calibration": "weights" if rt.calibration_source == "weights" else "backend record",
+            "autotune": self.autotune_state,
+        })
+
+    def _start_autotune(self, rt: ModelRuntime, threads: int) -> None:
+        assert self.worker is not None
+        self.autotuner = AutoTuner(rt, self.settings.model, threads, self._switch_runtime, self._autotune_progress)
+        self.autotune_state = autotune.COLLECTING
+        self.worker.clip_tap = self.autotuner.offer
+        self.autotuner.start()
+
+    def _autotune_progress(self, state: str) -> None:
+        self.autotune_state = state
+        self._publish_model_info()
+
+    def _switch_runtime(self, runtime: ModelRuntime) -> bool:
+        """The autotune's choice (its thread): the inference worker takes it between two batches, and the
+        score stage normalises with its calibration from that same batch on. False when stopping."""
+        worker, scorer = self.worker, self.scorer
+        if self.stopping or worker is None or scorer is None or not worker.alive:
+            return False
+
+        def at_switch(new: ModelRuntime) -> None:  # between two batches, on the worker's lock
+            scorer.calibration, scorer.threshold = new.calibration, new.threshold
+            self.runtime = new
+
+        worker.switch_runtime(runtime, at_switch)
+        self.metrics.backend_switches.inc()
+        self._publish_model_info()
+        return True
 
     def _stream_deleted(self, stream_id: str) -> None:
         self.hub.close_stream(stream_id)

@@ -14,6 +14,11 @@ together) that queued a clip in the last ACTIVE_PRODUCER_S seconds counts with t
 waiting or being scored at once in its current ACTIVE_PRODUCER_S window (1 for a client that waits for
 each answer, 2 or more for a pipelining one). A lone client that sends one frame at a time is never held back waiting
 for clips nobody is going to send; several streams, or one pipelined stream, share a forward pass.
+
+Switching the model while serving (`InferenceWorker.switch_runtime`, used by the background autotune
+of backend "auto"): the new runtime is taken between two batches, never during one, together with
+whatever must change at the same boundary (the score stage's calibration); the queue is not touched,
+so no frame is dropped or reordered by a switch.
 """
 
 from __future__ import annotations
@@ -194,6 +199,7 @@ class InferenceWorker:
         max_batch: int,
         batch_wait_ms: float,
         extra_latency_ms: float = 0.0,
+        threads: int = 0,
     ) -> None:
         self.runtime = runtime
         self.queue = queue
@@ -202,8 +208,16 @@ class InferenceWorker:
         self.max_batch = max_batch
         self.batch_wait_s = batch_wait_ms / 1000
         self.extra_latency_s = extra_latency_ms / 1000
+        # torch's intra-op threads for this thread, set when it starts: a thread takes torch's global
+        # count when it first runs an op, and the autotune thread lowers that for itself (0: leave it).
+        self.threads = threads
         self._thread = threading.Thread(target=self._run, name="vad-inference", daemon=True)
         self.failure: str | None = None
+        # Held for a whole batch (model, score stage, answers): a runtime switch waits for it.
+        self._batch_lock = threading.Lock()
+        # Called with each scored batch after its answers went out, until it returns False (the
+        # autotune collects its calibration clips so); an error in it only logs.
+        self.clip_tap: Callable[[list[Job]], bool] | None = None
 
     @property
     def alive(self) -> bool:
@@ -216,17 +230,41 @@ class InferenceWorker:
         # The caller closes the queue (and answers what waited); this only waits for the thread.
         self._thread.join(timeout)
 
+    def switch_runtime(self, runtime: ModelRuntime, at_switch: Callable[[ModelRuntime], None] | None = None) -> None:
+        """Score the next batches with `runtime`. Waits for a batch being scored to finish (answers
+        included), then runs at_switch(runtime) (e.g. the score stage's calibration) and swaps, both
+        before the next batch starts: every batch is scored and normalised by one runtime."""
+        with self._batch_lock:
+            if at_switch is not None:
+                at_switch(runtime)
+            self.runtime = runtime
+
     def _run(self) -> None:
+        if self.threads:
+            torch.set_num_threads(self.threads)
         try:
             while True:
                 batch = self.queue.take_batch(self.max_batch, self.batch_wait_s)
                 if not batch:
                     return
-                self._score(batch)
+                with self._batch_lock:
+                    self._score(batch)
+                self._tap(batch)
         except BaseException as exc:  # a bug here must show up in /readyz, not vanish with the thread
             self.failure = f"inference worker stopped: {exc!r}"
             log.exception("inference worker stopped")
             raise
+
+    def _tap(self, batch: list[Job]) -> None:
+        tap = self.clip_tap
+        if tap is None:
+            return
+        try:
+            if not tap(batch):
+                self.clip_tap = None
+        except Exception:  # collecting calibration clips must never stop scoring
+            log.exception("the clip collector failed; it is detached")
+            self.clip_tap = None
 
     def _score(self, batch: list[Job]) -> None:
         clips = torch.from_numpy(np.stack([job.clip for job in batch]))

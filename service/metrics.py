@@ -27,7 +27,7 @@ from .domain import DropReason, StreamState
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256)
-# Why kept /heatmap frames were evicted (service/streams.py HeatmapHistory): the stream's budget, or all streams'.
+# Why kept /heatmap frames were evicted (service/history.py HeatmapHistory): the stream's budget, or all streams'.
 HISTORY_EVICTION_REASONS = ("stream_budget", "total_budget")
 
 __all__ = ["CONTENT_TYPE_LATEST", "ServiceMetrics"]
@@ -130,7 +130,12 @@ class ServiceMetrics:
         )
         for reason in HISTORY_EVICTION_REASONS:
             self.heatmap_history_evicted.labels(reason)  # both series from the start, at 0
-        self.model = Info("vad_model", "Loaded model: weights file, configuration, backend", registry=r)
+        self.model = Info("vad_model", "Loaded model: weights file, configuration, backend, autotune state",
+                          registry=r)
+        self.backend_switches = Counter(
+            "vad_backend_switches", "Backend changes while serving (backend auto: the background autotune found a "
+            "faster backend that passed parity)", registry=r,
+        )
         self.live = _LiveGauges()
         r.register(self.live)
         ProcessCollector(registry=r)

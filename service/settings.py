@@ -111,6 +111,43 @@ class ModelSettings(_Section):
     calibration_data: Path | None = Field(
         None, description="dataset root whose training/ clips calibrate an int8 backend the first time it is built"
     )
+    autotune: bool = Field(
+        True,
+        description="backend auto without a usable record: serve with torch fp32 at once, measure the other "
+        "backends in the background on the first clips of the streams (or CALIBRATION_DATA's), write the record "
+        "and switch to the fastest that passed parity",
+    )
+    autotune_candidates: str = Field(
+        "onnxruntime/fp32,onnxruntime/int8,openvino/fp32,openvino/int8,openvino/bf16",
+        description="comma-separated BACKEND/PRECISION pairs the autotune measures against torch fp32 "
+        "(bf16 only on a CPU with bf16 instructions)",
+    )
+    autotune_clips: int = Field(
+        64, ge=8, le=1024,
+        description="clips the autotune collects from the first scored frames (at most 64 MiB; as many again "
+        "with a synthetic anomaly for the parity check)",
+    )
+    autotune_seconds: float = Field(2.0, gt=0, le=60, description="timed seconds of batch-1 inference per backend")
+    autotune_threads: int = Field(
+        1, ge=1, le=256, description="threads of the background measurement (serving keeps the others)"
+    )
+    autotune_timeout_s: float = Field(
+        600.0, gt=0, description="longest the measurement may take once the clips are there; backends not "
+        "measured by then are left out of the record",
+    )
+
+    @field_validator("autotune_candidates")
+    @classmethod
+    def _known_pairs(cls, value: str) -> str:
+        from model.backends import VALID
+
+        pairs = [p.strip().lower() for p in value.split(",") if p.strip()]
+        for pair in pairs:
+            backend, _, precision = pair.partition("/")
+            if backend not in VALID or backend == "torch" or precision not in VALID[backend]:
+                choices = ", ".join(f"{b}/{p}" for b in VALID if b != "torch" for p in VALID[b])
+                raise ValueError(f"{pair!r} is not a backend/precision pair to measure ({choices})")
+        return ",".join(dict.fromkeys(pairs))
 
     @field_validator("precision")
     @classmethod

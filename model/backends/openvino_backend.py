@@ -1,10 +1,16 @@
 """The OpenVINO backend: fp32, bf16 (INFERENCE_PRECISION_HINT; fp32 on a CPU without bf16) and int8
-by NNCF post-training quantisation."""
+by NNCF post-training quantisation.
+
+What really runs is read from the compiled model's execution graph (`runtime_precisions`): the
+plugin may accept the bf16 hint and still run every layer in f32, or run bf16 although the hint
+reads back in another spelling ("bfloat16"); only the layers' runtimePrecision tells.
+"""
 
 from __future__ import annotations
 
 import threading
 import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -45,13 +51,20 @@ class OpenVinoBackend(Backend):
         self.compiled = core.compile_model(core.read_model(str(path)), target, properties)
         # What the plugin really runs: a CPU without bf16 instructions silently keeps f32.
         self.effective_precision = precision
+        self.runtime_precisions: dict[str, int] = {}  # compute layers per runtime precision (bf16 only)
         if precision == "bf16":
-            hint = str(self.compiled.get_property("INFERENCE_PRECISION_HINT")).lower()
-            if "bf16" not in hint:
+            self.runtime_precisions = runtime_precisions(self.compiled)
+            if self.runtime_precisions:  # the execution graph says it
+                runs_bf16 = self.runtime_precisions.get("bf16", 0) > 0
+                why = ", ".join(f"{n} {p}" for p, n in sorted(self.runtime_precisions.items())) + " layers"
+            else:  # no execution graph (another device): the hint, in either spelling
+                hint = str(self.compiled.get_property("INFERENCE_PRECISION_HINT")).lower()
+                runs_bf16 = "bf16" in hint or "bfloat16" in hint
+                why = f"inference precision {hint}"
+            if not runs_bf16:
                 self.effective_precision = "fp32"
                 warnings.warn(
-                    f"openvino: {target} has no bf16 support (inference precision {hint}); "
-                    "the 'bf16' backend runs in fp32 here",
+                    f"openvino: {target} runs no layer in bf16 ({why}); the 'bf16' backend runs in fp32 here",
                     RuntimeWarning,
                     stacklevel=3,
                 )
@@ -66,6 +79,27 @@ class OpenVinoBackend(Backend):
             self.request.infer({0: array})
             image = self.request.get_output_tensor(0).data.copy()
         return torch.from_numpy(image)
+
+
+#: Layers of the execution graph that compute (not constants, inputs, reshapes or layout reorders).
+_PLUMBING = {"Const", "Input", "Parameter", "Output", "Result", "Reshape", "Reorder"}
+
+
+def runtime_precisions(compiled: Any) -> dict[str, int]:
+    """{precision: number of compute layers} of a compiled model's execution graph, from each layer's
+    runtimePrecision ({} when the plugin gives no execution graph). e.g. {"bf16": 41} on a CPU with
+    bf16 instructions, {"f32": 41} without them."""
+    try:
+        ops = compiled.get_runtime_model().get_ordered_ops()
+    except Exception:  # a plugin without an execution graph
+        return {}
+    counts: Counter[str] = Counter()
+    for op in ops:
+        info = op.get_rt_info()
+        if "runtimePrecision" not in info or ("layerType" in info and str(info["layerType"].astype(str)) in _PLUMBING):
+            continue
+        counts[str(info["runtimePrecision"].astype(str)).lower()] += 1
+    return dict(counts)
 
 
 def quantize(fp32: Path, out: Path, clips: list[np.ndarray]) -> None:

@@ -1,7 +1,9 @@
 """The backend record: which backend and precision to run for a weights file on this machine.
 
 `vad calibrate-backends` (bench/calibrate_backends.py) times every backend/precision and checks
-that its scores agree with torch fp32; it writes a record (JSON) to `record_path(...)`:
+that its scores agree with torch fp32; so does the service itself, in the background, when it starts
+with backend "auto" and finds no usable record (service/autotune.py). Both write a record (JSON, made
+by parity.py, which holds the parity rules) to `record_path(...)`:
 
     <cache dir>/backends/<weights digest[:16]>-<device>.json   unless an explicit path is given
                                                               (the service's VAD_BACKEND_RECORD)
@@ -9,7 +11,7 @@ that its scores agree with torch fp32; it writes a record (JSON) to `record_path
 `--backend auto` reads it here: the entry with the highest batch-1 fps among those that passed
 parity and whose library versions match the installed ones, on the machine the record describes
 (CPU model, core count, instruction sets are stored and checked). Without a usable record it runs
-torch fp32 and logs how to make one. A backend other than torch fp32 also takes its own causal-score
+torch fp32 (`Choice.measured` False: the service then measures the others while serving). A backend other than torch fp32 also takes its own causal-score
 calibration from the record (`backend_calibration`), so a uniform bias of a quantised backend does
 not shift the z-score.
 """
@@ -30,8 +32,8 @@ from .cpu import machine_fingerprint
 RECORD_FORMAT = "vad-backend-record/1"
 REFERENCE = ("torch", "fp32")
 HOW_TO_RECORD = (
-    "run `vad calibrate-backends --weights WEIGHTS --data DATASET` once on this machine "
-    "to measure and check every backend"
+    "`vad serve` measures the other backends in the background and writes the record unless "
+    "VAD_AUTOTUNE=false; `vad calibrate-backends --weights WEIGHTS --data DATASET` does it offline"
 )
 
 log = logging.getLogger("vad.backends")
@@ -50,6 +52,9 @@ class Choice:
     precision: str
     reason: str
     record: Path | None = None
+    #: True when a usable record chose it (also when that choice then failed to build); False when
+    #: there was none (missing, unreadable, another machine, other library versions): nothing measured.
+    measured: bool = False
 
 
 def record_mismatch(record: dict[str, Any], device: str) -> str | None:
@@ -103,7 +108,7 @@ def resolve_auto(model: DESDnet, device: str, cache_dir: Path | None = None, exp
         if entry is not None:
             reason = f"{path}: {why}, {entry['fps']:.1f} fps at batch 1 (record of {record.get('created', '?')})"
             log.info("backend auto: %s/%s; %s", entry["backend"], entry["precision"], reason)
-            return Choice(entry["backend"], entry["precision"], reason, path)
+            return Choice(entry["backend"], entry["precision"], reason, path, measured=True)
         why = f"{path}: {why}"
     reason = f"{why}; using torch fp32 ({HOW_TO_RECORD})"
     log.warning("backend auto: %s", reason)

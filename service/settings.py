@@ -89,9 +89,10 @@ class ModelSettings(_Section):
     weights: Path = Field(DEFAULT_WEIGHTS, description="weights file (.safetensors) written by `vad train`")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available, else cpu")
     backend: Literal["auto", "torch", "onnxruntime", "openvino"] = Field(
-        "torch",
-        description="inference backend: torch, or onnxruntime/openvino when installed; auto: the fastest "
-        "backend and precision that passed parity on this machine (`vad calibrate-backends`), else torch fp32",
+        "auto",
+        description="inference backend: auto (the fastest backend and precision that passed parity on this "
+        "machine, from the backend record; without one, torch fp32 while the autotune measures the others), "
+        "or torch, onnxruntime, openvino",
     )
     precision: Literal["fp32", "bf16", "fp16", "int8"] = Field(
         "fp32", description="fp32, bf16, fp16 or int8 (backend permitting; ignored with backend auto)"

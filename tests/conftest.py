@@ -30,6 +30,7 @@ torch.set_num_threads(1)
 # Small limits for test servers; every test server starts from these.
 TEST_LIMITS: dict[str, Any] = {
     "device": "cpu",
+    "backend": "torch",  # deterministic: no background autotune (tests/integration/test_autotune.py has it)
     "max_upload_bytes": 256 * 1024,
     "max_pixels": 1_000_000,
     "batch_wait_ms": 2.0,

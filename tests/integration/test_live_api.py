@@ -66,7 +66,8 @@ class ServeProcess:
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "service.cli", "serve", "--weights", str(weights), "--port", str(self.port),
-             "--host", "127.0.0.1", "--device", "cpu", "--torch-threads", "1", "--log-level", "info", *flags],
+             "--host", "127.0.0.1", "--device", "cpu", "--backend", "torch", "--torch-threads", "1", "--log-level", "info",
+             *flags],
             cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 60

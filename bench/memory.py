@@ -96,7 +96,8 @@ class Server:
         env = dict(os.environ, PYTHONPATH=str(self.root))
         self._log = tempfile.TemporaryFile()
         command = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-                   "--weights", str(self.weights), "--device", "cpu", "--torch-threads", str(self.threads),
+                   "--weights", str(self.weights), "--device", "cpu", "--backend", "torch",
+                   "--torch-threads", str(self.threads),
                    "--log-level", "warning", *self.extra]
         self.process = subprocess.Popen(command, cwd=self.root, env=env, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 120

@@ -17,17 +17,21 @@ this machine (model/backends/record.py), it serves at once with torch fp32 and s
 4. times batch-1 inference of torch fp32 and every passing candidate, interleaved in rounds so that
    the serving load weighs on all alike (`autotune_seconds` each);
 5. writes the backend record (the format `vad calibrate-backends` writes; later starts use it at once)
-   to the cache (`cache_dir`/backends/..., or `backend_record`);
+   to the cache (`cache_dir`/backends/..., or `backend_record`), when every candidate was measured to
+   the end: one that hit the time budget or failed to build is tried again at the next start;
 6. when the record's choice is not torch fp32, builds it with the serving thread count and hands it to
    the inference worker, which takes it between two batches together with its calibration
    (`InferenceWorker.switch_runtime`): no frame is dropped or reordered.
 
-Priority: all of it runs on this one thread, with `autotune_threads` intra-op threads (torch, ONNX
-Runtime, OpenVINO; the inference worker keeps its own count), so serving keeps the other cores. The
-int8 quantisers (ONNX Runtime's calibration sessions, NNCF) pick their own thread counts for the few
-seconds they run. Bounds: at most `autotune_clips` clips held; the measurement stops at
-`autotune_timeout_s` (backends not reached are recorded as not measured). Any failure (a backend that
-does not build, a missing package, an unwritable cache) is logged and leaves the service serving.
+Cost: all of it runs on this one thread, with `autotune_threads` intra-op threads (torch, ONNX
+Runtime, OpenVINO); the inference worker keeps its own count, so while measuring (about 50 s for the
+shipped weights on 2 cores) the two compete and serving runs at about half its speed. The int8
+quantisers (ONNX Runtime's calibration sessions, NNCF) pick their own thread counts for the few
+seconds they run. Bounds: at most `autotune_clips` clips held (released once measured); the
+measurement stops at `autotune_timeout_s`. It is not started on a GPU, nor when the cache folder is
+not writable. Any failure (a backend that does not build, a missing package) is logged and leaves the
+service serving. At shutdown the thread is given 5 s; a quantisation under way then finishes in the
+background (the thread is a daemon and switches nothing after stop).
 """
 
 from __future__ import annotations
@@ -35,11 +39,13 @@ from __future__ import annotations
 import copy
 import logging
 import statistics
+import tempfile
 import threading
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -86,6 +92,10 @@ def from_uint8(clips: np.ndarray) -> np.ndarray:
     return clips.astype(np.float32) / 127.5 - 1.0
 
 
+# Why a candidate is left out for good on this machine (kept in the record, unlike a failure).
+PERMANENT_SKIP = "not measured on this CPU: "
+
+
 class ClipCollector:
     """The first `count` clips the inference worker scores (its `clip_tap`), as uint8.
 
@@ -120,12 +130,26 @@ class ClipCollector:
             return len(self._clips)
 
     def clips(self) -> np.ndarray:
+        """The collected clips as float32, once: the collector lets go of them (bounded memory after)."""
         with self._lock:
-            return from_uint8(np.stack(self._clips))
+            clips, self._clips = self._clips, []
+            self.wanted = False
+        return from_uint8(np.stack(clips))
 
 
 def _median_seconds(samples: list[float]) -> float:
     return statistics.median(samples) if samples else float("nan")
+
+
+def cache_is_writable(folder: Path) -> bool:
+    """Whether exported models and the record can be written (a read-only container without a cache
+    volume cannot: measuring there would be repeated, in vain, at every start)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            return True
+    except OSError:
+        return False
 
 
 class AutoTuner:
@@ -215,7 +239,8 @@ class AutoTuner:
         while not self.collector.full.wait(0.25):
             if self._stop.is_set():
                 return None, ""
-        return self.collector.clips(), f"the first {len(self.collector)} clips scored by this service"
+        clips = self.collector.clips()
+        return clips, f"the first {len(clips)} clips scored by this service"
 
     def _tune(self) -> None:
         clips, source = self._clips()
@@ -251,7 +276,7 @@ class AutoTuner:
                              passed=False)
                 continue
             if precision == "bf16" and not cpu_has_bf16():
-                entry.update(error="not measured: this CPU has no bf16 instructions", passed=False)
+                entry.update(error=f"{PERMANENT_SKIP}this CPU has no bf16 instructions", passed=False)
                 continue
             began = time.perf_counter()
             try:
@@ -294,12 +319,21 @@ class AutoTuner:
         )
         self.record = record
         path = record_path(record["weights_sha256"], "cpu", s.cache_dir, s.backend_record)
-        try:
-            write_record(record, path)
-            written = f"record written to {path}"
-        except OSError as exc:
-            written = f"the record could not be written to {path} ({exc}); the next start measures again"
+        # Only a complete measurement is kept: a backend that hit the time budget or failed to build
+        # (a package installed later, a one-off export error) is measured again at the next start.
+        unfinished = [f"{e['backend']}/{e['precision']}" for e in entries
+                      if e.get("error") and not e["error"].startswith(PERMANENT_SKIP)]
+        if unfinished:
+            written = (f"the record was not written ({', '.join(unfinished)} not measured to the end); "
+                       "the next start measures again")
             log.warning("autotune: %s", written)
+        else:
+            try:
+                write_record(record, path)
+                written = f"record written to {path}"
+            except OSError as exc:
+                written = f"the record could not be written to {path} ({exc}); the next start measures again"
+                log.warning("autotune: %s", written)
         best, why = choose(record, "cpu")
         speeds = ", ".join(f"{e['backend']}/{e['precision']} {e['fps']:.1f}" for e, _ in timed if e.get("fps"))
         failed = ", ".join(f"{e['backend']}/{e['precision']}" for e in entries if not e.get("passed"))

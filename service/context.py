@@ -118,7 +118,11 @@ class ServiceContext:
         if rt.auto is not None and rt.auto.measured:
             self.autotune_state = autotune.RECORD
         elif rt.unmeasured and s.autotune and rt.device == "cpu":
-            self._start_autotune(rt, threads)
+            if autotune.cache_is_writable(s.cache_dir):
+                self._start_autotune(rt, threads)
+            else:
+                log.warning("backend auto: the cache folder %s is not writable, so the backends are not measured "
+                            "(serving with torch fp32); set VAD_CACHE_DIR to a writable folder", s.cache_dir)
         self._publish_model_info()
 
     async def begin_shutdown(self, timeout: float = 2.0) -> None:

@@ -30,8 +30,6 @@ log = logging.getLogger("vad.publish")
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
-CLOSE_NO_STATUS = 1005
-CLOSE_ABNORMAL = 1006
 
 
 class _Client:
@@ -138,9 +136,10 @@ class ScoreHub:
         finally:
             self._clients.discard(client)
         if receiver in done:
-            code = receiver.result() if not receiver.cancelled() and receiver.exception() is None else None
-            # 1005/1006: no close frame came (uvicorn's codes for a lost connection, keep-alive included).
-            lost = code in (CLOSE_NO_STATUS, CLOSE_ABNORMAL)
+            ended = receiver.result() if not receiver.cancelled() and receiver.exception() is None else None
+            # uvicorn's disconnect message carries the close frame's "reason" when the client sent one
+            # (even an empty one, as a browser's ws.close() does); without a close frame it has none.
+            lost = ended is not None and "reason" not in ended
             self.metrics.websocket_disconnects.labels("connection_lost" if lost else "client_closed").inc()
             return
         code, reason, metric_reason = client.close_with or (CLOSE_NORMAL, "", "server_closed")
@@ -171,9 +170,9 @@ class ScoreHub:
             self.metrics.websocket_sent.inc()
 
     @staticmethod
-    async def _receive_loop(websocket: WebSocket) -> int | None:
-        """Subscribers send nothing we need; reading notices their close promptly. -> its close code."""
+    async def _receive_loop(websocket: WebSocket) -> dict:
+        """Subscribers send nothing we need; reading notices their close promptly. -> the disconnect message."""
         while True:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
-                return message.get("code")
+                return dict(message)

@@ -130,11 +130,12 @@ class ModelSettings(_Section):
     )
     autotune_seconds: float = Field(2.0, gt=0, le=60, description="timed seconds of batch-1 inference per backend")
     autotune_threads: int = Field(
-        1, ge=1, le=256, description="threads of the background measurement (serving keeps the others)"
+        1, ge=1, le=256, description="intra-op threads of the background measurement (it competes with serving "
+        "while it runs)"
     )
     autotune_timeout_s: float = Field(
-        600.0, gt=0, description="longest the measurement may take once the clips are there; backends not "
-        "measured by then are left out of the record",
+        600.0, gt=0, description="longest the measurement may take once the clips are there; when a backend "
+        "is not measured by then, no record is written and the next start measures again",
     )
 
     @field_validator("autotune_candidates")
@@ -160,6 +161,17 @@ class ModelSettings(_Section):
             if value not in VALID[backend]:
                 raise ValueError(f"backend {backend!r} supports {', '.join(VALID[backend])}, not {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _a_precision_alone_means_torch(self) -> ModelSettings:
+        # backend auto (the default) picks its own precision: a precision given without a backend
+        # (VAD_PRECISION=fp16 on a GPU, as before auto was the default) asks for torch at it.
+        if self.backend == "auto" and "precision" in self.model_fields_set and "backend" not in self.model_fields_set:
+            if self.precision not in ("fp32", "bf16", "fp16"):
+                raise ValueError(f"precision {self.precision!r} needs a backend that supports it: set "
+                                 "VAD_BACKEND=onnxruntime or openvino")
+            self.backend = "torch"
+        return self
 
 
 class InferenceSettings(_Section):
@@ -431,8 +443,10 @@ def _describe(exc: ValidationError, section: type[_Section], given: Mapping[str,
               env: Mapping[str, str]) -> Iterator[str]:
     """One phrase per error: which variable or flag, its value (never a secret's), and why."""
     for error in exc.errors():
-        loc = error.get("loc") or ("?",)
-        name = str(loc[0])
+        if not error.get("loc"):  # a rule across fields of the section
+            yield str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+            continue
+        name = str(error["loc"][0])
         if name not in section.model_fields:  # an alias (VAD_ALLOWED_SOURCE_NETWORKS)
             name = next((n for n in section.model_fields if _env_name(section, n) == name), name)
         env_name = _env_name(section, name) if name in section.model_fields else name

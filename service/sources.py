@@ -568,7 +568,7 @@ def source_factory(request: Any, manager: Any, settings: SourceSettings) -> Live
     if max_fps is not None:
         try:
             max_fps = float(max_fps)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise SourceRefused("max_fps must be a number of frames per second") from None
         if not 0 < max_fps <= 1000:
             raise SourceRefused("max_fps must be > 0 and <= 1000")

@@ -32,8 +32,8 @@ from .cpu import machine_fingerprint
 RECORD_FORMAT = "vad-backend-record/1"
 REFERENCE = ("torch", "fp32")
 HOW_TO_RECORD = (
-    "`vad serve` measures the other backends in the background and writes the record unless "
-    "VAD_AUTOTUNE=false; `vad calibrate-backends --weights WEIGHTS --data DATASET` does it offline"
+    "on a CPU `vad serve` measures the other backends in the background and writes the record (unless "
+    "VAD_AUTOTUNE=false); `vad calibrate-backends --weights WEIGHTS --data DATASET` does it offline"
 )
 
 log = logging.getLogger("vad.backends")

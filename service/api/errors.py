@@ -123,6 +123,10 @@ async def http_error(request: Request, exc: Exception) -> Response:
     the body"; the API answers every unreadable body with 422. Other HTTP errors keep FastAPI's answer."""
     assert isinstance(exc, StarletteHTTPException)
     cause = exc.__cause__
+    if isinstance(cause, ClientDisconnect):  # FastAPI wraps a client gone mid-body into a 400
+        return await client_gone(request, cause)
+    if exc.status_code == 400 and isinstance(cause, RecursionError):
+        return JSONResponse({"detail": "body: the JSON nests too deeply"}, status_code=422)
     if exc.status_code == 400 and isinstance(cause, ValueError):
         if isinstance(cause, UnicodeDecodeError):
             detail = f"body: not valid UTF-8 JSON ({cause.reason} at byte {cause.start})"

@@ -77,8 +77,12 @@ def _timestamp(text: str) -> float:
         raise d.InvalidRequest(
             'a text message must be JSON {"timestamp": <seconds since the epoch>}; send frames as binary messages'
         ) from exc
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise d.InvalidRequest(f"timestamp must be a finite number of seconds since the epoch, got {value!r}")
+    try:
+        finite = not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+    except OverflowError:  # an integer beyond float range
+        finite = False
+    if not finite:
+        raise d.InvalidRequest(f"timestamp must be a finite number of seconds since the epoch, got {str(value)[:40]!r}")
     return float(value)
 
 

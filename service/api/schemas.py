@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -15,13 +16,25 @@ from ..domain import FrameResult, FrameStatus, StreamInfo, StreamState
 # Response fields stay plain floats.
 
 
+MAX_OPTION_DEPTH = 32
+
+
 def _has_non_finite(value: Any) -> bool:
-    if isinstance(value, float):
-        return not math.isfinite(value)
-    if isinstance(value, dict):
-        return any(_has_non_finite(v) for v in value.values())
-    if isinstance(value, list | tuple):
-        return any(_has_non_finite(v) for v in value)
+    """Whether a JSON value holds NaN, Infinity or an integer beyond float range; ValueError when it
+    nests deeper than MAX_OPTION_DEPTH (walked with a stack: no recursion for a client to exhaust)."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_OPTION_DEPTH:
+            raise ValueError(f"Input should nest at most {MAX_OPTION_DEPTH} levels deep")
+        if isinstance(item, float) and not math.isfinite(item):
+            return True
+        if isinstance(item, int) and not isinstance(item, bool) and abs(item) > sys.float_info.max:
+            return True
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend((v, depth + 1) for v in item)
     return False
 
 

@@ -192,3 +192,38 @@ def test_the_message_cap_must_hold_a_frame(service_settings) -> None:
 
     with pytest.raises(SettingsError, match="VAD_WEBSOCKET_MAX_MESSAGE_BYTES .* must be at least VAD_MAX_UPLOAD_BYTES"):
         service_settings(websocket_max_message_bytes=1024)
+
+
+def test_deep_or_huge_numbers_in_a_body_are_422_not_500(vad_server, video) -> None:
+    deep: object = 1.0
+    for _ in range(450):
+        deep = [deep]
+    r = httpx.post(vad_server.url("/v1/streams"), json={"options": {"a": deep}})
+    assert r.status_code == 422 and "nest at most" in r.json()["detail"], r.text
+    huge = "1" + "0" * 400
+    body = '{"source": "rtsp://127.0.0.1:9/cam", "options": {"max_fps": ' + huge + "}}"
+    r = httpx.post(vad_server.url("/v1/streams"), content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "finite" in r.json()["detail"], r.text
+    very_deep = "[" * 3000 + "]" * 3000
+    r = httpx.post(vad_server.url("/v1/streams"), content='{"options": {"a": ' + very_deep + "}}",
+                   headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    sid = httpx.post(vad_server.url("/v1/streams"), json={}).json()["id"]
+    with connect(vad_server.ws_url(f"/v1/streams/{sid}/ingest"), open_timeout=10) as ws:
+        ws.send(json.dumps({"timestamp": 0}).replace("0", huge))
+        ws.send(encode(video[0]))
+        answer = json.loads(ws.recv(timeout=10))
+        assert answer["status"] == "rejected" and answer["code"] == 422 and "finite" in answer["detail"]
+        assert json.loads(ws.recv(timeout=10))["status"] == "warming"  # the connection stayed open
+
+
+def test_a_client_leaving_mid_json_body_is_counted(vad_server) -> None:
+    before = metric_value(vad_server.metrics(), "vad_http_client_disconnects_total")
+    sock = raw_request(vad_server, "POST /v1/streams HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                   "Content-Length: 1000", b'{"name": "')
+    time.sleep(0.3)
+    sock.close()
+    deadline = time.monotonic() + 5
+    while metric_value(vad_server.metrics(), "vad_http_client_disconnects_total") == before:
+        assert time.monotonic() < deadline, "the disconnect was not counted"
+        time.sleep(0.05)

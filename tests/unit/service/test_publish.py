@@ -61,6 +61,8 @@ class FakeWebSocket:
             self.release.set()
         self.sending = asyncio.Event()  # set once a send has started
         self._left = asyncio.Event()
+        self.lost = False  # the connection ends without a close frame
+        self.empty_close = False  # a close frame without a status code (a browser's ws.close())
 
     async def send_text(self, text: str) -> None:
         self.sending.set()
@@ -71,7 +73,10 @@ class FakeWebSocket:
 
     async def receive(self) -> dict[str, Any]:
         await self._left.wait()
-        return {"type": "websocket.disconnect", "code": 1000}
+        # As uvicorn reports it: a close frame's code and reason, or only 1005 when the connection was lost.
+        if self.lost:
+            return {"type": "websocket.disconnect", "code": 1005}
+        return {"type": "websocket.disconnect", "code": 1005 if self.empty_close else 1000, "reason": ""}
 
     async def close(self, code: int = 1000, reason: str | None = None) -> None:
         self.closes.append((code, reason))
@@ -295,6 +300,26 @@ def test_shutdown_closes_every_subscriber_with_1001_and_waits_for_them() -> None
         assert b'vad_websocket_disconnects_total{reason="shutdown"} 3.0' in metrics.render()
 
     run(scenario)
+
+
+@pytest.mark.parametrize(("lost", "empty_close", "reason"), [
+    (False, True, "client_closed"),  # a browser's ws.close(): a close frame, no status code (1005)
+    (True, False, "connection_lost"),  # no close frame at all (network drop, keep-alive timeout)
+])
+def test_a_close_frame_without_a_code_is_a_close_a_lost_connection_is_not(lost: bool, empty_close: bool,
+                                                                          reason: str) -> None:
+    async def scenario() -> None:
+        hub, metrics = make_hub()
+        hub.bind(asyncio.get_running_loop())
+        ws = FakeWebSocket()
+        ws.lost, ws.empty_close = lost, empty_close
+        task = await subscribe(hub, ws, "a")
+        ws.leave()
+        await task
+        assert counter(metrics, "vad_websocket_disconnects", reason=reason) == 1
+        assert counter(metrics, "vad_websocket_disconnects", reason="client_closed" if lost else "connection_lost") == 0
+
+    asyncio.run(scenario())
 
 
 def test_a_client_that_leaves_is_not_closed_again_and_is_counted() -> None:

@@ -172,3 +172,15 @@ def test_offline_commands_share_the_cache_and_record_variables(monkeypatch: pyte
     evaluate = parser.parse_args(["evaluate", "--data", "d", "--cache-dir", "mine"])
     apply_shared_settings(evaluate)
     assert evaluate.cache_dir == "mine"  # a flag wins
+
+
+def test_a_precision_without_a_backend_asks_for_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings.load().model.backend == "auto"  # the default: measured and chosen per machine
+    monkeypatch.setenv("VAD_PRECISION", "fp16")  # e.g. a GPU deployment from before auto was the default
+    assert (Settings.load().model.backend, Settings.load().model.precision) == ("torch", "fp16")
+    monkeypatch.setenv("VAD_BACKEND", "auto")  # both given: auto, as asked
+    assert Settings.load().model.backend == "auto"
+    monkeypatch.delenv("VAD_BACKEND")
+    monkeypatch.setenv("VAD_PRECISION", "int8")
+    with pytest.raises(SettingsError, match="^precision 'int8' needs a backend that supports it"):
+        Settings.load()

@@ -92,9 +92,22 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 def test_auto_measures_in_the_background_switches_without_losing_a_frame_and_reuses_the_record(
-    service_settings: Callable[..., Settings], video: np.ndarray, cache: Path, caplog: pytest.LogCaptureFixture
+    service_settings: Callable[..., Settings], video: np.ndarray, cache: Path, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     caplog.set_level("INFO", logger="vad.autotune")
+    # Which backend is faster at one thread next to two pushers is up to a loaded CI machine: the
+    # speeds are measured (the real timing runs, so a broken one still fails), then ranked as if
+    # ONNX Runtime were faster, because this test is about the switch, not the ranking.
+    measure = AutoTuner._time
+
+    def onnxruntime_faster(self: AutoTuner, timed: list, x: torch.Tensor, deadline: float) -> None:
+        measure(self, timed, x, deadline)
+        for entry, _ in timed:
+            assert entry["fps"] > 0
+            entry["fps"] = 100.0 if entry["backend"] == "onnxruntime" else 10.0
+
+    monkeypatch.setattr(AutoTuner, "_time", onnxruntime_faster)
     settings = service_settings(cache_dir=cache, **AUTOTUNE)
     frames = [encode(f) for f in video]
     with running_server(settings) as server:
@@ -235,7 +248,7 @@ def tuner(weights: Path, cache: Path, **settings: Any) -> tuple[AutoTuner, list[
                      lambda rt: switched.append(rt) or True), switched
 
 
-def test_a_backend_that_fails_is_recorded_and_serving_stays_on_torch(
+def test_a_backend_that_fails_is_not_recorded_and_serving_stays_on_torch(
     tiny_weights: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def broken(*args: Any, **kwargs: Any) -> None:
@@ -250,10 +263,12 @@ def test_a_backend_that_fails_is_recorded_and_serving_stays_on_torch(
     entries = {(e["backend"], e["precision"]): e for e in tune.record["entries"]}
     assert entries[("onnxruntime", "fp32")]["error"] == "RuntimeError: export failed"
     assert entries[("torch", "fp32")]["passed"] and entries[("torch", "fp32")]["fps"] > 0
-    # Written: the next start takes torch fp32 from the record instead of measuring again.
+    # Not written: a backend that failed to build (a one-off export error, a package installed later)
+    # is tried again at the next start instead of being ruled out for good.
+    assert not record_path(weights_digest(load_weights(tiny_weights).model), "cpu", cache).exists()
     runtime = load_runtime(Settings.from_flat(weights=tiny_weights, device="cpu", cache_dir=cache,
                                               backend="auto").model)
-    assert runtime.backend_name == "torch" and runtime.auto is not None and runtime.auto.measured
+    assert runtime.backend_name == "torch" and runtime.auto is not None and not runtime.auto.measured
 
 
 def test_stopping_while_collecting_ends_the_thread_and_switches_nothing(tiny_weights: Path, cache: Path) -> None:

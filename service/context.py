@@ -66,6 +66,7 @@ class ServiceContext:
             heatmap_history_bytes_per_stream=self.settings.limits.heatmap_history_bytes_per_stream,
             heatmap_history_bytes_total=self.settings.limits.heatmap_history_bytes_total,
             heatmap_frame_max_side=self.settings.limits.heatmap_frame_max_side,
+            max_gap_seconds=self.settings.streams.max_gap_seconds,
             source_factory=self.source_factory,
             readiness=self.not_ready_reason,
         )

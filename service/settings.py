@@ -223,6 +223,16 @@ class LimitSettings(_Section):
     )
 
 
+class StreamSettings(_Section):
+    """How frames of one stream make a clip."""
+
+    max_gap_seconds: float = Field(
+        5.0, gt=0,
+        description="a pushed frame whose timestamp (capture time, or receipt time when none is sent) goes back, "
+        "or forward by more than this, starts the clip again (the ring buffer is reset: T-1 frames warm up)",
+    )
+
+
 class PublishSettings(_Section):
     """WebSocket score feeds."""
 
@@ -328,6 +338,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "model": ModelSettings,
     "inference": InferenceSettings,
     "limits": LimitSettings,
+    "streams": StreamSettings,
     "publish": PublishSettings,
     "sources": SourceSettings,
 }
@@ -377,6 +388,7 @@ class Settings(BaseModel):
     model: ModelSettings = Field(default_factory=ModelSettings)
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
+    streams: StreamSettings = Field(default_factory=StreamSettings)
     publish: PublishSettings = Field(default_factory=PublishSettings)
     sources: SourceSettings = Field(default_factory=SourceSettings)
 

@@ -113,6 +113,7 @@ class _Stream:
     dropped: int = 0
     pending: int = 0
     last_result: FrameResult | None = None
+    last_timestamp: tuple[float, bool] | None = None  # the last frame's time, and whether the producer gave it
     closed: bool = False
     live: StreamSource | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -155,6 +156,7 @@ class StreamManager:
         heatmap_history_bytes_per_stream: int = 8 * 1024 * 1024,
         heatmap_history_bytes_total: int = 128 * 1024 * 1024,
         heatmap_frame_max_side: int = 1280,
+        max_gap_seconds: float = 5.0,
         source_factory: SourceFactory | None = None,
         readiness: Callable[[], str | None] = lambda: None,
     ) -> None:
@@ -167,6 +169,7 @@ class StreamManager:
         self.max_streams = max_streams
         self.heatmap_history = heatmap_history
         self.heatmap_frame_max_side = heatmap_frame_max_side
+        self.max_gap_seconds = max_gap_seconds  # frames further apart (or going back) are not one clip
         self.history = HeatmapHistory(
             heatmap_history, heatmap_history_bytes_per_stream, heatmap_history_bytes_total,
             lambda reason, count: metrics.heatmap_history_evicted.labels(reason).inc(count),
@@ -275,6 +278,7 @@ class StreamManager:
         received_at: float | None = None,
     ) -> Future[FrameResult]:
         received_at = time.monotonic() if received_at is None else received_at
+        given = timestamp is not None  # capture time from the producer, else receipt time
         timestamp = time.time() if timestamp is None else timestamp
         config = self._require_ready()
         stream = self._get(stream_id)
@@ -297,6 +301,14 @@ class StreamManager:
             if previous is not None and previous != frame_size:
                 reason = (f"frame size changed from {previous[0]}x{previous[1]} to "
                           f"{frame_size[0]}x{frame_size[1]}; buffer reset")
+                stream.ring.reset()
+            last, stream.last_timestamp = stream.last_timestamp, (timestamp, given)
+            # Capture times are compared with capture times, receipt times with receipt times.
+            if reason is None and last is not None and last[1] == given and len(stream.ring) and (
+                timestamp < last[0] or timestamp - last[0] > self.max_gap_seconds
+            ):  # not the next frame of the same video (another clip, a pause): do not mix them in a clip
+                reason = (f"timestamp jumped from {last[0]:.3f} to {timestamp:.3f} (backwards, or forwards by more "
+                          f"than {self.max_gap_seconds:g} s); buffer reset")
                 stream.ring.reset()
             buffered = len(stream.ring)
             stream.ring.push(resized, frame_size)

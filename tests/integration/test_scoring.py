@@ -149,6 +149,29 @@ def test_frame_size_change_resets_buffer(vad_server: RunningServer, video) -> No
     assert Image.open(io.BytesIO(heatmap.content)).size == (90, 60)
 
 
+def test_a_timestamp_gap_in_a_pushed_stream_resets_buffer(vad_server: RunningServer, video) -> None:
+    """Another clip pushed into the same stream (its timestamps go back, or jump ahead by more than
+    max_gap_seconds, default 5 s) starts a new clip instead of mixing both in one."""
+
+    def push(client, sid: str, frames, times: list[float]) -> list[dict]:
+        return [client.post(f"/v1/streams/{sid}/frames", params={"timestamp": ts}, content=encode(f),
+                            headers=JPEG).json() for f, ts in zip(frames, times, strict=True)]
+
+    with vad_server.client() as client:
+        sid = client.post("/v1/streams", json={"source": "push"}).json()["id"]
+        first = push(client, sid, video[:6], [100.0 + 0.1 * i for i in range(6)])
+        back = push(client, sid, video[20:26], [50.0 + 0.1 * i for i in range(6)])  # an older clip
+        ahead = push(client, sid, video[:6], [80.0 + 0.1 * i for i in range(6)])  # 30 s later
+        close = push(client, sid, video[6:8], [84.5 + 0.1 * i for i in range(2)])  # 4 s later: same clip
+    assert [r["status"] for r in first] == ["warming"] * 4 + ["scored"] * 2
+    for rows, gap in ((back, "from 100.500 to 50.000"), (ahead, "from 50.500 to 80.000")):
+        assert [r["status"] for r in rows] == ["warming"] * 4 + ["scored"] * 2
+        assert f"timestamp jumped {gap}" in rows[0]["reason"] and "buffer reset" in rows[0]["reason"]
+        # The smoothing starts again with the new clip.
+        assert rows[4]["smoothed_score"] == pytest.approx(rows[4]["normalized_score"])
+    assert [r["status"] for r in close] == ["scored", "scored"] and close[0]["reason"] is None
+
+
 def test_stateless_score_matches_stream_and_returns_heatmap(vad_server: RunningServer, video) -> None:
     images = [encode(f, ".png") for f in video[10:15]]
     files = [("frames", (f"{i}.png", data, "image/png")) for i, data in enumerate(images)]

@@ -228,8 +228,9 @@ class StreamSettings(_Section):
 
     max_gap_seconds: float = Field(
         5.0, gt=0,
-        description="a pushed frame whose timestamp (capture time, or receipt time when none is sent) goes back, "
-        "or forward by more than this, starts the clip again (the ring buffer is reset: T-1 frames warm up)",
+        description="a frame whose capture timestamp goes back, or whose timestamp (capture time, or receipt "
+        "time when none is sent) jumps forward by more than this, starts the clip again (the ring buffer is "
+        "reset: T-1 frames warm up)",
     )
 
 

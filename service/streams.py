@@ -302,11 +302,15 @@ class StreamManager:
                 reason = (f"frame size changed from {previous[0]}x{previous[1]} to "
                           f"{frame_size[0]}x{frame_size[1]}; buffer reset")
                 stream.ring.reset()
-            last, stream.last_timestamp = stream.last_timestamp, (timestamp, given)
-            # Capture times are compared with capture times, receipt times with receipt times.
-            if reason is None and last is not None and last[1] == given and len(stream.ring) and (
-                timestamp < last[0] or timestamp - last[0] > self.max_gap_seconds
-            ):  # not the next frame of the same video (another clip, a pause): do not mix them in a clip
+            last = stream.last_timestamp
+            # Capture times are compared with capture times, receipt times with receipt times. Receipt
+            # times of concurrent requests are taken before this lock, in any order: only a pause counts.
+            same_kind = last is not None and last[1] == given
+            backwards = same_kind and given and timestamp < last[0]
+            paused = same_kind and timestamp - last[0] > self.max_gap_seconds
+            stream.last_timestamp = (timestamp if given or not same_kind else max(timestamp, last[0]), given)
+            if reason is None and len(stream.ring) and (backwards or paused):
+                # Not the next frame of the same video (another clip, a pause): do not mix them in a clip.
                 reason = (f"timestamp jumped from {last[0]:.3f} to {timestamp:.3f} (backwards, or forwards by more "
                           f"than {self.max_gap_seconds:g} s); buffer reset")
                 stream.ring.reset()

@@ -24,12 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +32,8 @@ from typing import Any
 import cv2
 import httpx
 import numpy as np
+
+from bench.server import BenchServer
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 DEFAULT_WEIGHTS = REPOSITORY / "weights" / "ped2-lite.safetensors"
@@ -75,62 +72,6 @@ def image_png(width: int, height: int, shade: int, texture: bool) -> bytes:
     return data.tobytes()
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Server:
-    """`vad serve` (python -m service.cli serve) from `root` on a free port, CPU."""
-
-    def __init__(self, root: Path, weights: Path, extra: list[str], threads: int) -> None:
-        self.root, self.weights, self.extra, self.threads = root, weights, extra, threads
-        self.process: subprocess.Popen[bytes] | None = None
-        self.base = ""
-        self._log: Any = None
-
-    def __enter__(self) -> Server:
-        port = free_port()
-        self.base = f"http://127.0.0.1:{port}"
-        env = dict(os.environ, PYTHONPATH=str(self.root))
-        self._log = tempfile.TemporaryFile()
-        command = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-                   "--weights", str(self.weights), "--device", "cpu", "--backend", "torch",
-                   "--torch-threads", str(self.threads),
-                   "--log-level", "warning", *self.extra]
-        self.process = subprocess.Popen(command, cwd=self.root, env=env, stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and self.process.poll() is None:
-            try:
-                if httpx.get(self.base + "/readyz", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self._log.seek(0)
-        output = self._log.read().decode(errors="replace")
-        self.__exit__()
-        raise RuntimeError(f"vad serve did not become ready: {output[-2000:]}")
-
-    def __exit__(self, *exc: object) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     extra = ["--max-upload-bytes", str(args.max_upload_bytes)]
     if args.max_pixels:
@@ -146,12 +87,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "phases": [],
     }
 
-    with Server(args.root, args.weights, extra, args.threads) as server, \
-            httpx.Client(base_url=server.base, timeout=120) as client:
+    with BenchServer(args.weights, threads=args.threads, extra_args=tuple(extra), ready_timeout=120,
+                     root=args.root) as server, \
+            httpx.Client(base_url=server.url, timeout=120) as client:
         def phase(name: str, **more: Any) -> None:
             time.sleep(0.5)
-            row = {"phase": name, "rss_mb": round(rss_mb(server.pid), 1), "history_bytes": history_bytes(server.base),
-                   **more}
+            row = {"phase": name, "rss_mb": round(rss_mb(server.process.pid), 1),
+                   "history_bytes": history_bytes(server.url), **more}
             report["phases"].append(row)
             print(json.dumps(row), flush=True)
 

@@ -27,7 +27,8 @@ class BenchServer:
     The server gets its settings as flags and, through its environment, VAD_CACHE_DIR (`cache_dir`,
     else `default_cache_dir()`: the cache the model-only part uses, and where `--backend auto` looks
     for its record) and VAD_CALIBRATION_DATA (`calibration_data`, for int8 artefacts built at start,
-    unless already set). `threads` 0: torch's default.
+    unless already set). `threads` 0: torch's default. `root`: the source tree to run (default this
+    one; another checkout measures an older version).
     """
 
     def __init__(
@@ -40,10 +41,12 @@ class BenchServer:
         calibration_data: Path | None = None,
         extra_args: tuple[str, ...] = (),
         ready_timeout: float = E2E_READY_TIMEOUT_S,
+        root: Path | None = None,
     ) -> None:
         self.weights, self.backend, self.precision = Path(weights), backend, precision
         self.threads, self.cache_dir, self.calibration_data = threads, cache_dir, calibration_data
         self.extra_args, self.ready_timeout = extra_args, ready_timeout
+        self.root = Path(root) if root is not None else Path(__file__).resolve().parent.parent
         self.process: Any = None
         self.url = ""
         self._log: Any = None
@@ -58,7 +61,7 @@ class BenchServer:
         from model.backends.artefacts import default_cache_dir
 
         env = dict(os.environ)
-        root = str(Path(__file__).resolve().parent.parent)
+        root = str(self.root)
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env["VAD_CACHE_DIR"] = str(self.cache_dir if self.cache_dir is not None else default_cache_dir())
         if self.calibration_data is not None:

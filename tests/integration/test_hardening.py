@@ -46,6 +46,19 @@ def read_response(sock: socket.socket, timeout: float = 5.0) -> tuple[int, str]:
     return status, rest.decode(errors="replace")
 
 
+def leave_mid_body(server: RunningServer, head: str, part: bytes) -> float:
+    """Send `head` and part of its body, go away, and wait until the server counted it; -> the count before."""
+    before = metric_value(server.metrics(), "vad_http_client_disconnects_total")
+    sock = raw_request(server, head, part)
+    time.sleep(0.3)
+    sock.close()
+    deadline = time.monotonic() + 5
+    while metric_value(server.metrics(), "vad_http_client_disconnects_total") == before:
+        assert time.monotonic() < deadline, "the disconnect was not counted"
+        time.sleep(0.05)
+    return before
+
+
 def test_an_unauthenticated_body_is_refused_before_it_is_read(start_server) -> None:
     server = start_server(api_token="s3cret")
     began = time.monotonic()
@@ -82,15 +95,9 @@ def test_json_bodies_are_capped_before_they_are_read(start_server) -> None:
 def test_a_client_leaving_mid_upload_is_counted_not_a_server_error(vad_server, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
     sid = httpx.post(vad_server.url("/v1/streams"), json={}).json()["id"]
-    before = metric_value(vad_server.metrics(), "vad_http_client_disconnects_total")
-    sock = raw_request(vad_server, f"POST /v1/streams/{sid}/frames HTTP/1.1\r\nHost: x\r\n"
-                                   "Content-Type: image/jpeg\r\nContent-Length: 100000", b"\xff\xd8" + b"\0" * 1000)
-    time.sleep(0.3)
-    sock.close()
-    deadline = time.monotonic() + 5
-    while metric_value(vad_server.metrics(), "vad_http_client_disconnects_total") == before:
-        assert time.monotonic() < deadline, "the disconnect was not counted"
-        time.sleep(0.05)
+    before = leave_mid_body(vad_server, f"POST /v1/streams/{sid}/frames HTTP/1.1\r\nHost: x\r\n"
+                                        "Content-Type: image/jpeg\r\nContent-Length: 100000",
+                            b"\xff\xd8" + b"\0" * 1000)
     assert metric_value(vad_server.metrics(), "vad_http_client_disconnects_total") == before + 1
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
     assert any("client went away during POST" in r.getMessage() for r in caplog.records)
@@ -218,12 +225,5 @@ def test_deep_or_huge_numbers_in_a_body_are_422_not_500(vad_server, video) -> No
 
 
 def test_a_client_leaving_mid_json_body_is_counted(vad_server) -> None:
-    before = metric_value(vad_server.metrics(), "vad_http_client_disconnects_total")
-    sock = raw_request(vad_server, "POST /v1/streams HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                                   "Content-Length: 1000", b'{"name": "')
-    time.sleep(0.3)
-    sock.close()
-    deadline = time.monotonic() + 5
-    while metric_value(vad_server.metrics(), "vad_http_client_disconnects_total") == before:
-        assert time.monotonic() < deadline, "the disconnect was not counted"
-        time.sleep(0.05)
+    leave_mid_body(vad_server, "POST /v1/streams HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                               "Content-Length: 1000", b'{"name": "')

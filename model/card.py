@@ -24,7 +24,8 @@ def sha256_of(path: Path) -> str:
 
 def write_training_card(weights: Path, config_json: str, training: dict[str, object],
                         calibration: dict[str, object]) -> Path:
-    """The card as training leaves it: configuration, command, epochs, time, data hash."""
+    """The card as training leaves it (`W.json`, rendered as `W.md`): configuration, command, epochs, time,
+    what was trained on and held out, the initial weights, data hash."""
     card = {
         "weights": weights.name,
         "weights_sha256": sha256_of(weights),
@@ -35,6 +36,7 @@ def write_training_card(weights: Path, config_json: str, training: dict[str, obj
     }
     path = card_path(weights)
     path.write_text(json.dumps(card, indent=2, default=str) + "\n")
+    weights.with_suffix(".md").write_text(render_markdown(card))
     return path
 
 
@@ -60,6 +62,42 @@ def _num(x: object) -> str:
     return f"{float(x):.3f}" if isinstance(x, (int, float)) else "–"  # noqa: UP038
 
 
+def _parts(ranges: object) -> list[str]:
+    """{"scene.mp4": [3519, 4140]} -> ["scene.mp4[3519:4140]"]."""
+    if not isinstance(ranges, dict):
+        return []
+    return [f"{name}[{start}:{'' if stop is None else stop}]" for name, (start, stop) in ranges.items()]
+
+
+def _trained_on(training: dict) -> str:  # type: ignore[type-arg]
+    """How the card's first sentence ends: fine-tuned or trained, on what."""
+    init = training.get("init_weights")
+    kind = training.get("data_kind")
+    data = f"`{training.get('data')}` ({kind})" if kind and kind != "dataset" else (
+        f"the training split of `{training.get('data')}`" if kind else "the UCSD Ped2 training split")
+    if isinstance(init, dict):
+        return f"fine-tuned from `{init.get('path')}` on {data}"
+    return f"trained from scratch on {data}" if kind and kind != "dataset" else f"trained on {data}"
+
+
+def _data_lines(training: dict) -> list[str]:  # type: ignore[type-arg]
+    """The card's lines on what was trained on, what was held out, and where training started."""
+    held = _parts(training.get("calibration_frames")) or list(training.get("calibration_videos", []))
+    trained = _parts(training.get("training_frames")) or list(training.get("training_videos", []))
+    lines = [f"- training videos: {', '.join(trained)}; calibration (held out): {', '.join(held) or 'none'}"]
+    footage = training.get("footage")
+    if isinstance(footage, list) and footage:
+        total = sum(int(v.get("frames") or 0) for v in footage)
+        share = training.get("holdout_share")
+        lines.append(f"- footage: {total} frames in {len(footage)} video{'s' if len(footage) != 1 else ''}; "
+                     f"the tail of each video is held out for calibration"
+                     + (f" ({float(share):.0%} of its frames or more)" if share else ""))
+    init = training.get("init_weights")
+    if isinstance(init, dict):
+        lines.append(f"- initial weights: `{init.get('path')}` (sha256 `{init.get('sha256')}`)")
+    return lines
+
+
 def render_markdown(card: dict) -> str:  # type: ignore[type-arg]
     training = card.get("training", {})
     erasure = training.get("train_config", {}).get("erasure", True)
@@ -67,7 +105,7 @@ def render_markdown(card: dict) -> str:  # type: ignore[type-arg]
     lines = [
         f"# Model card: {card.get('weights')}",
         "",
-        f"DESDnet ({objective}) trained on the UCSD Ped2 training split.",
+        f"DESDnet ({objective}) {_trained_on(training)}.",
         "",
         "## Configuration",
         "",
@@ -80,8 +118,7 @@ def render_markdown(card: dict) -> str:  # type: ignore[type-arg]
         f"- command: `{training.get('command', '')}`",
         f"- epochs: {training.get('epochs')}, wall time: {float(training.get('wall_seconds', 0)) / 60:.1f} min "
         f"on {training.get('machine', 'this machine')}",
-        f"- training videos: {', '.join(training.get('training_videos', []))}; calibration (held out): "
-        f"{', '.join(training.get('calibration_videos', [])) or 'none'}",
+        *_data_lines(training),
         f"- sha256 of the training file list: `{training.get('file_list_sha256')}`",
         f"- sha256 of the weights file: `{card.get('weights_sha256')}`",
         *([f"- {training['note']}"] if training.get("note") else []),

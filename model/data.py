@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from .network import DESDnetConfig
+from .progress import Progress, silent
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 VIDEO_SUFFIXES = (".avi", ".mp4", ".mkv", ".mov")
@@ -77,36 +79,85 @@ def read_image(path: Path) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Video:
-    """One video: either an ordered list of frame files or one video file."""
+    """One video: either an ordered list of frame files or one video file, optionally only frames
+    [start, stop) of it (a part: the training head or the held-out tail of plain footage)."""
 
     name: str
     frame_paths: tuple[Path, ...] = ()
     video_path: Path | None = None
+    start: int = 0
+    stop: int | None = None  # exclusive; None: to the end
 
     @property
     def source(self) -> Path:
         return self.video_path or self.frame_paths[0].parent
 
-    def read(self, config: DESDnetConfig) -> np.ndarray:
-        """All frames resized: uint8 (N, S, S, C)."""
-        frames = []
-        if self.video_path is not None:
+    @property
+    def label(self) -> str:
+        """The name, with the frame range of a part: `scene.mp4[3519:4140]`."""
+        if self.start == 0 and self.stop is None:
+            return self.name
+        return f"{self.name}[{self.start}:{'' if self.stop is None else self.stop}]"
+
+    def part(self, start: int, stop: int | None) -> Video:
+        """Frames [start, stop) of this (whole) video."""
+        return replace(self, start=start, stop=stop)
+
+    def estimated_frames(self) -> int | None:
+        """Frames this video (or part) holds: exact for frame files, the container's claim for a
+        video file (for progress bars only; None when it does not say)."""
+        if self.video_path is None:
+            count = len(self.frame_paths)
+        else:
             capture = cv2.VideoCapture(str(self.video_path))
             try:
-                if not capture.isOpened():
-                    raise DatasetError(f"{self.video_path}: cannot open this video file")
-                while True:
-                    ok, frame = capture.read()
-                    if not ok:
-                        break
-                    frames.append(resize_frame(frame, config))
+                count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if capture.isOpened() else 0
             finally:
                 capture.release()
+            if count <= 0:
+                return None
+        stop = count if self.stop is None else min(self.stop, count)
+        return max(0, stop - self.start)
+
+    def read(self, config: DESDnetConfig, progress: Progress = silent) -> np.ndarray:
+        """The frames (of the part) resized: uint8 (N, S, S, C)."""
+        total = self.estimated_frames()
+        desc = f"reading {self.label}"
+        if self.video_path is not None:
+            frames = [resize_frame(f, config)
+                      for f in progress(self._decode(), total=total, desc=desc, unit="frame")]
         else:
-            frames = [resize_frame(read_image(p), config) for p in self.frame_paths]
+            paths = self.frame_paths[self.start : self.stop]
+            frames = [resize_frame(read_image(p), config)
+                      for p in progress(paths, total=len(paths), desc=desc, unit="frame")]
+        if self.stop is not None and self.start + len(frames) < self.stop:
+            raise DatasetError(
+                f"{self.source}: {self.start + len(frames)} frames, fewer than the {self.stop} "
+                f"its part {self.label} needs (the footage changed?)"
+            )
         if not frames:
             raise DatasetError(f"{self.source}: no frames could be read")
         return np.stack(frames)
+
+    def _decode(self) -> Iterator[np.ndarray]:
+        """Decoded BGR frames [start, stop) of the video file."""
+        capture = cv2.VideoCapture(str(self.video_path))
+        try:
+            if not capture.isOpened():
+                raise DatasetError(f"{self.video_path}: cannot open this video file")
+            index = 0
+            while self.stop is None or index < self.stop:
+                if index < self.start:  # skipped frames are decoded but not converted
+                    if not capture.grab():
+                        return
+                else:
+                    ok, frame = capture.read()
+                    if not ok:
+                        return
+                    yield frame
+                index += 1
+        finally:
+            capture.release()
 
 
 def split_folder(root: Path, split: str) -> Path:
@@ -151,12 +202,19 @@ def list_videos(split_dir: Path) -> list[Video]:
 
 def held_out_videos(videos: list[Video], training: dict[str, object]) -> list[Video]:
     """The held-out calibration videos named in a weights file's training metadata, among `videos`
-    (the last video when the file names none, as `vad train` holds out by default)."""
+    (the last video when the file names none, as `vad train` holds out by default).
+
+    Weights trained on plain footage also record each held-out tail's frames
+    (`calibration_frames`: {name: [start, stop]}); those videos come back as that part.
+    """
     names = [str(n) for n in training.get("calibration_videos") or []]  # type: ignore[attr-defined]
+    ranges = training.get("calibration_frames") or {}
     held = [v for v in videos if v.name in names] if names else videos[-1:]
     if not held:
         folder = videos[0].source.parent if videos else "training split"
         raise DatasetError(f"{folder}: none of the calibration videos {names} named in the weights is there")
+    if isinstance(ranges, dict):
+        held = [v.part(*ranges[v.name]) if v.name in ranges else v for v in held]
     return held
 
 
@@ -216,11 +274,16 @@ class FrameSet:
     frames: list[np.ndarray]
 
     @classmethod
-    def load(cls, split_dir: Path, config: DESDnetConfig, videos: list[Video] | None = None) -> FrameSet:
-        videos = videos if videos is not None else list_videos(split_dir)
+    def load(cls, split_dir: Path | None, config: DESDnetConfig, videos: list[Video] | None = None,
+             progress: Progress = silent) -> FrameSet:
+        """Read `videos` (default: every video of `split_dir`); each needs at least one clip."""
+        if videos is None:
+            if split_dir is None:
+                raise ValueError("FrameSet.load needs a split folder or a list of videos")
+            videos = list_videos(split_dir)
         frames = []
         for video in videos:
-            array = video.read(config)
+            array = video.read(config, progress)
             if len(array) < config.frames:
                 raise DatasetError(
                     f"{video.source}: {len(array)} frames, fewer than the {config.frames} a clip needs"

@@ -4,6 +4,10 @@ Schedule (paper): epoch 1 trains without L_compact and accumulates the SVDD cent
 mapping feature; from epoch 2 on, L_compact uses c and R (re-estimated every epoch as the (1 − ν)
 quantile of the distances), and every input is multiplied by the erasure mask collected over the
 last batches of the previous epoch.
+
+`cfg.data` is anything `model.footage.find_footage` accepts (a dataset root, a video file, a folder of
+videos, frames or frame folders); `cfg.init` starts from existing weights (fine-tuning: their tensors,
+SVDD centre and radius) instead of random ones.
 """
 
 from __future__ import annotations
@@ -17,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from .card import card_path, write_training_card
-from .data import FrameSet, TensorClips, file_list_hash, held_out_videos, list_videos, split_folder
+from .card import card_path, render_markdown, sha256_of, write_training_card
+from .data import FrameSet, TensorClips, file_list_hash
 from .erasure import ErasureMaskCollector, apply_erasure
+from .footage import HOLDOUT_SHARE, calibration_data, load_training_data
 from .losses import (
     intensity_loss,
     svdd_distances,
@@ -30,8 +34,13 @@ from .losses import (
     weighted_rgb_loss,
 )
 from .network import DESDnet, DESDnetConfig
+from .progress import Progress, bars, silent
 from .scoring import error_map, patch_score
-from .weights import Calibration, save_weights
+from .weights import Calibration, LoadedWeights, load_weights, save_weights
+
+#: Default epochs of a fine-tuning run (`init` set): measured in docs/training.md, "A scene model
+#: from your own footage"; training from scratch uses the paper's 60.
+FINE_TUNE_EPOCHS = 5
 
 
 @dataclass
@@ -48,7 +57,9 @@ class TrainConfig:
     nu: float = 0.1
     erasure: bool = True
     erasure_batches: int = 8  # "the last batches of the previous epoch" that build the mask
-    calibration_videos: int = 1  # last N training videos held out to calibrate the causal score
+    calibration_videos: int = 1  # dataset layout: last N training videos held out to calibrate
+    holdout_share: float = HOLDOUT_SHARE  # plain footage: share of each video's tail held out
+    init: Path | None = None  # fine-tune from these weights (same network) instead of from scratch
     max_clips_per_epoch: int = 0  # 0 = all; for quick runs and tests
     checkpoint_dir: Path | None = None
     resume: bool = False
@@ -156,15 +167,10 @@ def load_checkpoint(path: Path, model: DESDnet, optimizer: torch.optim.Optimizer
         raise TrainError(f"{path}: damaged checkpoint ({type(exc).__name__}: {exc})") from exc
 
 
-def split_calibration(videos: list, n: int) -> tuple[list, list]:
-    if n <= 0 or len(videos) <= n:
-        return videos, []
-    return videos[:-n], videos[-n:]
-
-
 @torch.no_grad()
-def patch_scores_of(model: DESDnet, frames: FrameSet, batch_size: int = 16) -> torch.Tensor:
-    """Raw patch scores of every clip of `frames` (eval mode, fp32, mapping encoder skipped)."""
+def patch_scores_of(model: DESDnet, frames: FrameSet, batch_size: int = 16,
+                    progress: Progress = silent) -> torch.Tensor:
+    """Raw patch scores (N,) of every clip of `frames` (eval mode, fp32, mapping encoder skipped)."""
     cfg = model.config
     model.eval()
     device = next(model.parameters()).device
@@ -173,7 +179,8 @@ def patch_scores_of(model: DESDnet, frames: FrameSet, batch_size: int = 16) -> t
     scores = []
     # Strict fp32 on CUDA too (no TF32): the calibration must match what a CPU computes.
     with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=False, allow_tf32=False):
-        for start in range(0, len(index), batch_size):
+        starts = range(0, len(index), batch_size)
+        for start in progress(starts, total=len(starts), desc="scoring calibration clips", unit="batch"):
             clip = source.clips(index[start : start + batch_size])
             out = model(clip, with_feature=False).image
             current = clip[:, -cfg.channels :]
@@ -196,28 +203,49 @@ def _autocast(cfg: TrainConfig):  # type: ignore[no-untyped-def]
     return torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
 
 
-def train(cfg: TrainConfig, on_epoch: Callable[[TrainState], None] | None = None) -> TrainState:
-    """Train, checkpointing every epoch; write the weights and a model card at the end."""
+def load_init(cfg: TrainConfig) -> LoadedWeights:
+    """The weights `cfg.init` names, checked to be of `cfg.model`'s network (the score window may differ:
+    it does not enter training)."""
+    assert cfg.init is not None
+    loaded = load_weights(cfg.init)
+    window = {"patch_size": cfg.model.patch_size, "patch_stride": cfg.model.patch_stride}
+    if loaded.config.with_(**window) != cfg.model:
+        raise TrainError(f"{cfg.init}: the initial weights are for another network ({loaded.config.to_json()}); "
+                         f"this run trains {cfg.model.to_json()}")
+    return loaded
+
+
+def train(cfg: TrainConfig, on_epoch: Callable[[TrainState], None] | None = None,
+          progress: Progress | None = None) -> TrainState:
+    """Train, checkpointing every epoch; write the weights and a model card at the end.
+
+    `progress` wraps the long loops (reading footage, each epoch's batches, scoring the calibration
+    clips); default: tqdm bars when `cfg.progress`, else none.
+    """
     run_started = time.perf_counter()
+    progress = progress if progress is not None else bars(cfg.progress)
     mcfg = cfg.model
     device = torch.device(cfg.device)
     torch.manual_seed(cfg.seed)
-    training_dir = split_folder(Path(cfg.data), "training")
-    videos = list_videos(training_dir)
-    train_videos, calib_videos = split_calibration(videos, cfg.calibration_videos)
-    train_set = FrameSet.load(training_dir, mcfg, train_videos)
+    ckpt = _checkpoint_path(cfg)
+    if cfg.resume and not ckpt.is_file():  # before reading footage: fail fast
+        raise TrainError(f"{ckpt}: no checkpoint to resume from")
+    init = load_init(cfg) if cfg.init is not None else None
+    data = load_training_data(cfg.data, mcfg, cfg.calibration_videos, cfg.holdout_share, progress)
+    train_set = data.train
     index = train_set.clip_index(mcfg.frames)
     source = TensorClips(train_set, mcfg.frames, device)
 
     model = DESDnet(mcfg).to(device, memory_format=torch.channels_last)  # ~15 % faster on CPU
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    ckpt = _checkpoint_path(cfg)
     state = TrainState()
-    if cfg.resume and ckpt.is_file():
+    if init is not None:  # fine-tuning: the network, the SVDD centre and radius carry over
+        model.load_state_dict(init.model.state_dict())
+        state.center = None if init.center is None else init.center.to(device)
+        state.radius = init.radius
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    if cfg.resume:  # the checkpoint replaces the initial weights: it continues this very run
         state = load_checkpoint(ckpt, model, optimizer, cfg)
         state.center = None if state.center is None else state.center.to(device)
-    elif cfg.resume:
-        raise TrainError(f"{ckpt}: no checkpoint to resume from")
     planned = plan_epochs(cfg, state, 0.0)
     scheduler = cosine_schedule(optimizer, planned, state.epoch)
 
@@ -225,6 +253,7 @@ def train(cfg: TrainConfig, on_epoch: Callable[[TrainState], None] | None = None
     steps_per_epoch = math.ceil(steps / cfg.batch_size)
     c = mcfg.channels
     use_compact = cfg.compact_weight > 0
+    first_epoch = state.epoch  # epochs before this run (resume): the ETA uses this run's epochs only
 
     while state.epoch < planned:
         epoch = state.epoch
@@ -237,8 +266,9 @@ def train(cfg: TrainConfig, on_epoch: Callable[[TrainState], None] | None = None
         distances: list[torch.Tensor] = []
         # Running sums stay on the device: reading them every step would stall a GPU.
         totals = {k: torch.zeros((), device=device) for k in ("loss", "int", "rgb", "compact")}
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{planned}",
-                   disable=None if cfg.progress else True, leave=False, dynamic_ncols=True)
+        bar = progress(range(steps_per_epoch), total=steps_per_epoch, desc=f"epoch {epoch + 1}/{planned}",
+                       unit="batch")
+        show_losses = getattr(bar, "set_postfix", None)  # a tqdm bar shows the running losses
         for step in bar:
             rows = index[order[step * cfg.batch_size : (step + 1) * cfg.batch_size]]
             clip = source.clips(rows).contiguous(memory_format=torch.channels_last)
@@ -268,9 +298,10 @@ def train(cfg: TrainConfig, on_epoch: Callable[[TrainState], None] | None = None
                 collector.add(image.detach(), current)
             for key, value in (("loss", loss), ("int", l_int), ("rgb", l_rgb), ("compact", l_compact)):
                 totals[key] += value.detach()
-            if cfg.progress and step % 10 == 0:
-                bar.set_postfix({k: f"{float(v) / (step + 1):.4f}" for k, v in totals.items()})
-        bar.close()
+            if show_losses is not None and step % 10 == 0:
+                show_losses({k: f"{float(v) / (step + 1):.4f}" for k, v in totals.items()})
+        if hasattr(bar, "close"):
+            bar.close()
         scheduler.step()
 
         if use_compact and state.center is None and feature_sum is not None:
@@ -291,10 +322,13 @@ def train(cfg: TrainConfig, on_epoch: Callable[[TrainState], None] | None = None
         state.history.append(record)
         save_checkpoint(ckpt, model, optimizer, state, cfg)
         if cfg.progress:
+            run_epochs = [h["seconds"] for h in state.history[-(state.epoch - first_epoch):]]
+            left = (planned - state.epoch) * sum(run_epochs) / max(len(run_epochs), 1)
             print(
                 f"epoch {epoch + 1}/{planned}: loss {record['loss']:.5f} int {record['int']:.5f} "
                 f"rgb {record['rgb']:.5f} compact {record['compact']:.4f} R {state.radius:.4f} "
-                f"erased {record['erased_fraction']:.1%} ({elapsed:.0f} s)",
+                f"erased {record['erased_fraction']:.1%} ({elapsed:.0f} s"
+                + (f"; about {_duration(left)} left)" if state.epoch < planned else ")"),
                 flush=True,
             )
         replanned = plan_epochs(cfg, state, time.perf_counter() - run_started)
@@ -304,19 +338,19 @@ def train(cfg: TrainConfig, on_epoch: Callable[[TrainState], None] | None = None
         if on_epoch is not None:
             on_epoch(state)
 
-    # Calibrate the causal score on held-out normal videos (or the training ones if none held out).
-    calib_set = (
-        FrameSet.load(training_dir, mcfg, calib_videos) if calib_videos else train_set
-    )
-    calibration = Calibration.from_scores(patch_scores_of(model, calib_set))
+    # Calibrate the causal score on held-out normal frames (or the training ones if none held out).
+    calib_set = data.calibration if data.calibration is not None else train_set
+    calibration = Calibration.from_scores(patch_scores_of(model, calib_set, progress=progress))
     training = {
         "command": cfg.command,
         "train_config": cfg.as_json(),
         "epochs": state.epoch,
         "wall_seconds": round(state.wall_seconds, 1),
-        "training_videos": [v.name for v in train_videos],
-        "calibration_videos": [v.name for v in calib_videos],
-        "file_list_sha256": file_list_hash(videos),
+        **data.metadata(),
+        "init_weights": None if cfg.init is None else {
+            "path": str(cfg.init), "sha256": sha256_of(Path(cfg.init)),
+            "calibration": asdict(init.calibration) if init is not None else None,
+        },
         "history": state.history,
         "torch": torch.__version__,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -326,36 +360,49 @@ def train(cfg: TrainConfig, on_epoch: Callable[[TrainState], None] | None = None
     return state
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
+@dataclass(frozen=True)
+class Recalibrated:
+    old: Calibration
+    new: Calibration
+    scored: str  # which frames calibrated, for people
+
+    def __iter__(self):  # type: ignore[no-untyped-def]  # `old, new = recalibrate(...)` keeps working
+        return iter((self.old, self.new))
+
+
 def recalibrate(
     weights_path: Path, data: Path, output: Path, patch_size: int | None = None,
-    patch_stride: int | None = None, note: str = "",
-) -> tuple[Calibration, Calibration]:
-    """Rewrite a weights file with another score window and a calibration measured as training does.
+    patch_stride: int | None = None, note: str = "", progress: Progress = silent,
+) -> Recalibrated:
+    """Rewrite a weights file with (another score window and) a calibration measured as training does.
 
-    The window is a scoring choice, not a trained parameter: the tensors are copied unchanged; the
-    held-out calibration videos named in the file (read from `data`'s training split) are scored
-    again with the new window. Returns (old, new) calibrations. The change is recorded in the
-    training metadata (`rescored`).
+    The window is a scoring choice, not a trained parameter: the tensors are copied unchanged. What is
+    scored (`model.footage.calibration_data`): for a dataset root, the held-out calibration videos named
+    in the file; for plain footage, the tail held out in training when the weights were trained on this
+    footage, else all of it. Returns the old and new calibrations and which frames were scored. The
+    change is recorded in the training metadata (`rescored`).
     """
-    from .weights import load_weights
-
     loaded = load_weights(weights_path)
     old_cfg = loaded.config
     changes = {k: v for k, v in (("patch_size", patch_size), ("patch_stride", patch_stride)) if v is not None}
     new_cfg = old_cfg.with_(**changes)
-    training_dir = split_folder(Path(data), "training")
-    videos = list_videos(training_dir)
-    held = held_out_videos(videos, loaded.training)
+    footage, frames, scored = calibration_data(data, loaded.training, new_cfg, progress)
     model = DESDnet(new_cfg).to(memory_format=torch.channels_last)  # as training scored it
     model.load_state_dict(loaded.model.state_dict())
-    calibration = Calibration.from_scores(patch_scores_of(model, FrameSet.load(training_dir, new_cfg, held)))
+    calibration = Calibration.from_scores(patch_scores_of(model, frames, progress=progress))
     training = dict(loaded.training)
     history = list(training.get("rescored", []))
     history.append({
         "from": {"patch_size": old_cfg.patch_size, "patch_stride": old_cfg.patch_stride},
         "to": {"patch_size": new_cfg.patch_size, "patch_stride": new_cfg.patch_stride},
-        "calibration_videos": [v.name for v in held],
-        "file_list_sha256": file_list_hash(videos),
+        "data": str(data),
+        "calibration_videos": [v.label for v in frames.videos],
+        "scored": scored,
+        "file_list_sha256": file_list_hash(list(footage.videos)),
         "note": note,
     })
     training["rescored"] = history
@@ -364,5 +411,7 @@ def recalibrate(
     save_weights(Path(output), model, loaded.center, loaded.radius, calibration, training)
     card = write_training_card(Path(output), new_cfg.to_json(), training, asdict(calibration))
     if notes:  # hand-written notes survive; evaluation results do not (they were for the old window)
-        card.write_text(json.dumps({**json.loads(card.read_text()), "notes": notes}, indent=2) + "\n")
-    return loaded.calibration, calibration
+        kept = {**json.loads(card.read_text()), "notes": notes}
+        card.write_text(json.dumps(kept, indent=2) + "\n")
+        Path(output).with_suffix(".md").write_text(render_markdown(kept))
+    return Recalibrated(loaded.calibration, calibration, scored)

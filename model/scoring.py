@@ -73,15 +73,31 @@ def patch_score(errors: torch.Tensor, size: int = 16, stride: int = 4) -> PatchS
 
     errors: (B, H, W) signed error map from `error_map`.
     """
-    means, _, _ = box_means(errors.square(), size, stride)
+    return patch_score_squared(errors.square(), size, stride)
+
+
+def patch_score_squared(squared: torch.Tensor, size: int = 16, stride: int = 4) -> PatchScore:
+    """`patch_score` of an already squared error map E² (B, H, W), e.g. one with ignored pixels zeroed."""
+    means, _, _ = box_means(squared, size, stride)
     b, ny, nx = means.shape
-    _, h, w = errors.shape
+    _, h, w = squared.shape
     best, flat = means.reshape(b, ny * nx).max(dim=1)
     # Window i starts at i·stride, or flush with the end for the extra last one: min(i·stride, end).
     # Arithmetic rather than a lookup table: no host-to-device copy (CUDA graphs can capture it).
     y0 = torch.clamp((flat // nx) * stride, max=h - size)
     x0 = torch.clamp((flat % nx) * stride, max=w - size)
     return PatchScore(best, y0, x0)
+
+
+def background_level(squared: torch.Tensor, size: int = 16, stride: int = 4) -> torch.Tensor:
+    """The median over windows of mean(E²): how well the model reconstructs the scene as a whole.
+
+    An anomaly raises a few windows and leaves this level alone; a scene the model never saw (another
+    camera, another look) raises it everywhere, which is how the service tells the two apart.
+    (B, H, W) E² -> (B,).
+    """
+    means, _, _ = box_means(squared, size, stride)
+    return means.flatten(1).median(dim=1).values
 
 
 def patch_score_loop(errors: torch.Tensor, size: int = 16, stride: int = 4) -> torch.Tensor:

@@ -32,6 +32,9 @@ class Calibration:
 
     The causal score normalises with these: z = (log(score) - log_mean) / log_std.
     `threshold` is the default anomaly threshold on the normalised score.
+    `background_log_mean`/`background_log_std`: the same statistics of `model.scoring.background_level`
+    (None in files written before they were measured): a scene far outside them is not the one the
+    model was trained on.
     """
 
     count: int = 0
@@ -41,6 +44,8 @@ class Calibration:
     log_std: float = 1.0
     quantiles: dict[str, float] = field(default_factory=dict)
     threshold: float = 3.0
+    background_log_mean: float | None = None
+    background_log_std: float | None = None
 
     def normalize(self, score: float) -> float:
         """The causal z-score of a raw patch score (`model.scoring.zscore`)."""
@@ -50,8 +55,15 @@ class Calibration:
         """The raw patch score whose z-score is `normalized` (e.g. the threshold's, for heatmap colours)."""
         return zscore_inverse(normalized, self.log_mean, self.log_std)
 
+    def background_z(self, level: float) -> float | None:
+        """z of a frame's background level under these statistics; None when they were not measured."""
+        if self.background_log_mean is None or self.background_log_std is None:
+            return None
+        return zscore(level, self.background_log_mean, self.background_log_std)
+
     @classmethod
-    def from_scores(cls, scores: torch.Tensor) -> Calibration:
+    def from_scores(cls, scores: torch.Tensor, background: torch.Tensor | None = None) -> Calibration:
+        """scores: (N,) raw patch scores of normal frames; background: (N,) their background levels."""
         s = scores.double().clamp_min(1e-12)
         logs = s.log()
         qs = {f"p{q:g}": float(torch.quantile(s, q / 100)) for q in (50, 90, 95, 99, 99.9)}
@@ -68,7 +80,15 @@ class Calibration:
             log_std=log_std,
             quantiles=qs,
             threshold=round(top + 0.5, 3),
+            **_background_statistics(background),
         )
+
+
+def _background_statistics(background: torch.Tensor | None) -> dict[str, float]:
+    if background is None or len(background) < 2:
+        return {}
+    logs = background.double().clamp_min(1e-12).log()
+    return {"background_log_mean": float(logs.mean()), "background_log_std": float(logs.std())}
 
 
 @dataclass

@@ -15,9 +15,11 @@ from model.weights import WeightsError
 
 from . import autotune
 from .autotune import AutoTuner
+from .calibration import CalibrationPolicy, CalibrationStore
 from .domain import DropReason, FrameResult
 from .infer import FrameQueue, InferenceWorker
 from .metrics import ServiceMetrics
+from .models import ModelRegistry, ModelSlot
 from .publish import ScoreHub
 from .runtime import ModelRuntime, load_runtime
 from .score import Scorer
@@ -40,24 +42,76 @@ class ServiceContext:
     ) -> None:
         self.settings = settings
         self.metrics = ServiceMetrics()
-        publish, inference = settings.publish, settings.inference
+        publish = settings.publish
         self.hub = ScoreHub(publish.websocket_queue_size, publish.websocket_stuck_seconds, serialize, self.metrics)
-        self.queue = FrameQueue(inference.max_pending_per_stream, inference.max_pending_stateless)
         self.source_factory = source_factory
-        self.runtime: ModelRuntime | None = None
-        self.scorer: Scorer | None = None
-        self.worker: InferenceWorker | None = None
+        self.runtime: ModelRuntime | None = None  # the default model's
+        self.default: ModelSlot | None = None  # the default model's pipeline
+        self.models: ModelRegistry
         self.load_error: str | None = None
         self.stopping = False
         self.shutdown_requested = asyncio.Event()  # ends the readers of /ingest connections
         self.ingest_sessions = 0  # open /ingest connections
         self.manager: StreamManager  # built in start(), once the model's configuration is known
 
+    @property
+    def scorer(self) -> Scorer | None:
+        return self.default.scorer if self.default is not None else None
+
+    @property
+    def worker(self) -> InferenceWorker | None:
+        return self.default.worker if self.default is not None else None
+
+    def queue_depth(self) -> int:
+        return sum(len(slot.queue) for slot in self.models.slots())
+
+    def _load_model(self, path) -> ModelRuntime:  # noqa: ANN001 - a Path
+        """Another model of the folder, with the service's backend settings (no autotune: that runs for the
+        default model; a backend record measured for these weights is used)."""
+        return load_runtime(self.settings.model.model_copy(update={"weights": path, "threshold": None}))
+
+    def _build_slot(self, name: str, path, runtime: ModelRuntime, digest: str) -> ModelSlot:  # noqa: ANN001
+        inference, scenes = self.settings.inference, self.settings.scenes
+        policy = CalibrationPolicy(
+            frames=scenes.calibration_frames, check_frames=scenes.calibration_check_frames,
+            out_of_domain_z=scenes.out_of_domain_z, domain_window=scenes.out_of_domain_window,
+        )
+        slot = ModelSlot(
+            name=name, path=path, runtime=runtime,
+            queue=FrameQueue(inference.max_pending_per_stream, inference.max_pending_stateless),
+            scorer=Scorer(runtime.config, runtime.calibration, runtime.threshold, policy=policy), weights_sha256=digest,
+        )
+        threads = self.settings.model.torch_threads or torch.get_num_threads()
+        slot.worker = InferenceWorker(
+            runtime, slot.queue, lambda jobs, scores, error: self.manager.complete_batch(slot, jobs, scores, error),
+            self.metrics, max_batch=inference.max_batch, batch_wait_ms=inference.batch_wait_ms,
+            extra_latency_ms=inference.extra_inference_latency_ms, threads=threads,
+        )
+        if not self.stopping:
+            slot.worker.start()
+        return slot
+
+    def _swap_model(self, slot: ModelSlot, runtime: ModelRuntime, digest: str) -> None:
+        """A changed weights file of a loaded model (reload): swapped in between two batches."""
+        assert slot.worker is not None
+
+        def at_switch(new: ModelRuntime) -> None:
+            slot.scorer.set_model_calibration(new.calibration, new.threshold)
+            slot.scorer.relearn_learned("the model's weights changed")
+            slot.runtime, slot.weights_sha256 = new, digest
+            if slot is self.default:
+                self.runtime = new
+
+        slot.worker.switch_runtime(runtime, at_switch)
+        self._publish_model_info()
+
     def _make_manager(self) -> StreamManager:
+        scenes = self.settings.scenes
         return StreamManager(
-            config=self.runtime.config if self.runtime else None,
-            queue=self.queue,
-            scorer=self.scorer,
+            acquire=self.models.acquire,
+            default_slot=lambda: self.default,
+            calibration_store=CalibrationStore(scenes.data_dir / "calibrations"),
+            default_calibration=scenes.calibration,
             metrics=self.metrics,
             publish=self.hub.publish,
             on_stream_deleted=self._stream_deleted,
@@ -76,7 +130,7 @@ class ServiceContext:
             return "shutting down"
         if self.load_error is not None:
             return self.load_error
-        if self.worker is None:
+        if self.default is None or self.worker is None:
             return "model not loaded yet"
         if not self.worker.alive:
             return self.worker.failure or "inference worker is not running"
@@ -95,10 +149,14 @@ class ServiceContext:
             log.error("%s; the server runs but /readyz answers 503 until it is restarted with usable weights",
                       self.load_error)
         rt = self.runtime
-        if rt is not None:
-            self.scorer = Scorer(rt.config, rt.calibration, rt.threshold)
+        self.models = ModelRegistry(self.settings.scenes.models_dir, s.weights, self._load_model, self._build_slot,
+                                    self._swap_model)
         self.manager = self._make_manager()
-        self.metrics.live.queue_depth = lambda: len(self.queue)
+        if rt is not None:
+            self.default = self.models.adopt(rt)
+        else:
+            self.models.mark_error(self.models.default_name, self.load_error or "not loaded")
+        self.metrics.live.queue_depth = self.queue_depth
         self.metrics.live.websocket_clients = lambda: self.hub.client_count
         self.metrics.live.ingest_connections = lambda: self.ingest_sessions
         self.metrics.live.ready = lambda: self.not_ready_reason() is None
@@ -106,14 +164,7 @@ class ServiceContext:
         if rt is None:
             self.metrics.model.info({"weights": s.weights.name, "loaded": "false"})
             return
-        inference = self.settings.inference
         threads = s.torch_threads or torch.get_num_threads()
-        self.worker = InferenceWorker(
-            rt, self.queue, self.manager.complete_batch, self.metrics,
-            max_batch=inference.max_batch, batch_wait_ms=inference.batch_wait_ms,
-            extra_latency_ms=inference.extra_inference_latency_ms, threads=threads,
-        )
-        self.worker.start()
         log.info("model %s loaded on %s (%s/%s), threshold %.3f", s.weights, rt.device, rt.backend_name, rt.precision,
                  rt.threshold)
         if rt.auto is not None and rt.auto.measured:
@@ -143,9 +194,11 @@ class ServiceContext:
             await run_in_threadpool(self.autotuner.stop)
         self.hub.close_all()
         await run_in_threadpool(self.manager.close)  # live sources' stop() may block briefly
-        self.manager.drop_jobs(self.queue.close(), DropReason.SHUTDOWN)
-        if self.worker is not None:
-            await run_in_threadpool(self.worker.stop)
+        for slot in self.models.slots():
+            self.manager.drop_jobs(slot.queue.close(), DropReason.SHUTDOWN)
+        for slot in self.models.slots():
+            if slot.worker is not None:
+                await run_in_threadpool(slot.worker.stop)
 
     def _publish_model_info(self) -> None:
         """vad_model_info: the weights, and the backend running now (it changes when the autotune switches)."""
@@ -179,8 +232,10 @@ class ServiceContext:
             return False
 
         def at_switch(new: ModelRuntime) -> None:  # between two batches, on the worker's lock
-            scorer.calibration, scorer.threshold = new.calibration, new.threshold
+            scorer.set_model_calibration(new.calibration, new.threshold)
             self.runtime = new
+            if self.default is not None:
+                self.default.runtime = new
 
         worker.switch_runtime(runtime, at_switch)
         self.metrics.backend_switches.inc()

@@ -17,6 +17,7 @@ class StreamState(StrEnum):
     STARTING = "starting"  # created; no frame yet
     WARMING = "warming"  # fewer than T frames in the ring (at start, after a reset or a size change)
     RUNNING = "running"  # every frame is scored
+    LEARNING = "learning"  # every frame is scored, but no alarm until it has learned its calibration
     RECONNECTING = "reconnecting"  # a live source lost its camera and is reopening it
     STOPPED = "stopped"  # deleted, or the service is shutting down
     FAILED = "failed"  # a live source gave up (refused URL, max_attempts reached)
@@ -70,6 +71,8 @@ class FrameResult:
     patch: Patch | None = None
     frames_buffered: int = 0  # frames in the stream's ring when this one arrived (T needed)
     reason: str | None = None  # drop reason, or why the buffer was reset
+    calibration: str | None = None  # what normalised the score (service.calibration.CalibrationStatus)
+    threshold_score: float | None = None  # the raw score at the threshold (heatmap colour scale)
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,8 @@ class StreamInfo:
     frames_dropped: int
     frames_pending: int
     last_result: FrameResult | None
+    model: str = ""
+    scoring: object | None = None  # service.score.ScoringView (None before the model is known)
 
 
 class ServiceError(Exception):
@@ -108,6 +113,22 @@ class StreamClosed(ServiceError):
 
 class UnsupportedSource(ServiceError):
     pass
+
+
+class InvalidRegion(ServiceError):
+    """An ignore region that is not a polygon inside the frame."""
+
+
+class UnknownModel(ServiceError):
+    """A model name that is not in the models folder."""
+
+
+class ModelUnavailable(ServiceError):
+    """A model in the folder that cannot be loaded (a corrupt file, another error)."""
+
+
+class Conflict(ServiceError):
+    """The request is valid but the stream's state does not allow it now."""
 
 
 class PayloadTooLarge(ServiceError):

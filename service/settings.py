@@ -234,6 +234,43 @@ class StreamSettings(_Section):
     )
 
 
+class SceneSettings(_Section):
+    """Each camera's own normal: models per stream, per-stream calibration, where learned state is kept."""
+
+    models_dir: Path = Field(
+        DEFAULT_WEIGHTS.parent,
+        description="folder of weights files (NAME.safetensors) that streams choose with \"model\": \"NAME\"; "
+        "loaded on first use, read again by POST /v1/models/reload",
+    )
+    data_dir: Path = Field(
+        Path.home() / ".local" / "share" / "vad",
+        description="folder for the service's state (learned per-stream calibrations under calibrations/)",
+    )
+    calibration: Literal["auto", "learn", "model"] = Field(
+        "auto",
+        description="default calibration of a new stream: auto (the model's, switching to learning when the "
+        "first frames are out of the model's domain), learn (learn its own first) or model (the model's always)",
+    )
+    calibration_frames: int = Field(
+        1500, ge=25, le=1_000_000,
+        description="scored frames a stream learns its calibration from (no alarm meanwhile; 1500 = a minute "
+        "at 25 fps)",
+    )
+    calibration_check_frames: int = Field(
+        5, ge=1, le=1000,
+        description="calibration auto: the first scored frames that decide whether the scene is the model's "
+        "(no alarm meanwhile)",
+    )
+    out_of_domain_z: float = Field(
+        8.0, gt=0,
+        description="median background z (under the model's calibration) above which a stream's scene is not "
+        "the model's: auto switches to learning, and the stream warns",
+    )
+    out_of_domain_window: int = Field(
+        250, ge=1, le=100_000, description="recent scored frames the out-of-domain warning looks at"
+    )
+
+
 class PublishSettings(_Section):
     """WebSocket score feeds."""
 
@@ -340,6 +377,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "inference": InferenceSettings,
     "limits": LimitSettings,
     "streams": StreamSettings,
+    "scenes": SceneSettings,
     "publish": PublishSettings,
     "sources": SourceSettings,
 }
@@ -390,6 +428,7 @@ class Settings(BaseModel):
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     streams: StreamSettings = Field(default_factory=StreamSettings)
+    scenes: SceneSettings = Field(default_factory=SceneSettings)
     publish: PublishSettings = Field(default_factory=PublishSettings)
     sources: SourceSettings = Field(default_factory=SourceSettings)
 

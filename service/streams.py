@@ -40,10 +40,17 @@ import numpy as np
 
 from model.backends import ClipScores
 from model.data import resize_frame
-from model.network import DESDnetConfig
 
 from .buffer import FrameRing
+from .calibration import (
+    CalibrationChoice,
+    CalibrationMode,
+    CalibrationStatus,
+    CalibrationStore,
+    LearnedCalibration,
+)
 from .domain import (
+    Conflict,
     DropReason,
     FrameResult,
     HeatmapNotAvailable,
@@ -58,14 +65,18 @@ from .domain import (
 )
 from .heatmap import KeptFrame, keep_frame
 from .history import HeatmapHistory, HeatmapRecord
-from .infer import FrameQueue, Job
+from .infer import Job
 from .metrics import ServiceMetrics
+from .models import ModelSlot
 from .netguard import redact_url
-from .score import ScoredFrame, Scorer
+from .regions import IgnoreRegions, parse_regions
+from .score import ScoredFrame
 
 log = logging.getLogger("vad.streams")
 
 PUSH = "push"
+# States in which a stream's frames are scored.
+_SCORING = (StreamState.RUNNING, StreamState.LEARNING)
 
 
 @dataclass(frozen=True)
@@ -98,12 +109,23 @@ class _StreamJob(Job):
     kept: KeptFrame | None = None
 
 
+@dataclass(frozen=True)
+class ScoringRequest:
+    """How a new stream scores (POST /v1/streams): its model, threshold, calibration and ignore regions."""
+
+    model: str | None = None  # None: the default model
+    threshold: float | None = None  # None: the model's
+    calibration: CalibrationChoice | None = None  # None: the service's default mode
+    ignore_regions: tuple[tuple[tuple[float, float], ...], ...] | list = ()
+
+
 @dataclass(eq=False)
 class _Stream:
     id: str
     name: str
     source: str
     ring: FrameRing
+    slot: ModelSlot
     created_at: float = field(default_factory=time.time)
     state: StreamState = StreamState.STARTING
     state_reason: str | None = None
@@ -123,7 +145,7 @@ class _Stream:
             id=self.id, name=self.name, source=self.source, state=self.state, state_reason=self.state_reason,
             created_at=self.created_at, frames_received=self.received, frames_warming=self.warming,
             frames_scored=self.scored, frames_dropped=self.dropped, frames_pending=self.pending,
-            last_result=self.last_result,
+            last_result=self.last_result, model=self.slot.name, scoring=self.slot.scorer.view(self.id),
         )
 
 
@@ -145,9 +167,8 @@ class StreamManager:
     def __init__(
         self,
         *,
-        config: DESDnetConfig | None,
-        queue: FrameQueue,
-        scorer: Scorer | None,
+        acquire: Callable[[str | None], ModelSlot],
+        default_slot: Callable[[], ModelSlot | None],
         metrics: ServiceMetrics,
         publish: Callable[[FrameResult], None],
         on_stream_deleted: Callable[[str], None],
@@ -159,10 +180,13 @@ class StreamManager:
         max_gap_seconds: float = 5.0,
         source_factory: SourceFactory | None = None,
         readiness: Callable[[], str | None] = lambda: None,
+        calibration_store: CalibrationStore | None = None,
+        default_calibration: str = CalibrationMode.AUTO,
     ) -> None:
-        self.config = config
-        self.queue = queue
-        self.scorer = scorer
+        self.acquire = acquire  # model name -> its loaded pipeline (UnknownModel, ModelUnavailable)
+        self.default_slot = default_slot
+        self.calibration_store = calibration_store or CalibrationStore(None)
+        self.default_calibration = CalibrationMode(default_calibration)
         self.metrics = metrics
         self.publish = publish
         self.on_stream_deleted = on_stream_deleted
@@ -182,12 +206,20 @@ class StreamManager:
         self._stateless_index = 0
 
     # --- registry -----------------------------------------------------------------------------
-    def create(self, source: str = PUSH, name: str | None = None, options: Mapping[str, Any] | None = None) -> StreamInfo:
+    def create(
+        self, source: str = PUSH, name: str | None = None, options: Mapping[str, Any] | None = None,
+        scoring: ScoringRequest | None = None,
+    ) -> StreamInfo:
+        """Blocks while the stream's model loads on first use; raises UnknownModel, ModelUnavailable,
+        InvalidRegion, StreamLimitReached, UnsupportedSource."""
+        scoring = scoring or ScoringRequest()
         if source != PUSH and self.source_factory is None:
             raise UnsupportedSource(
                 f"source {source!r}: live sources are not supported by this server yet; use \"push\""
             )
-        frames = self.config.frames if self.config is not None else 5
+        regions = parse_regions(scoring.ignore_regions, None) if scoring.ignore_regions else IgnoreRegions()
+        self._require_ready()
+        slot = self.acquire(scoring.model)
         with self._lock:
             if len(self._streams) >= self.max_streams:
                 raise StreamLimitReached(
@@ -197,8 +229,9 @@ class StreamManager:
             # Only the redacted URL is kept: credentials never reach responses, logs or metrics.
             stream = _Stream(
                 id=stream_id, name=name or stream_id, source=source if source == PUSH else redact_url(source),
-                ring=FrameRing(frames),
+                ring=FrameRing(slot.config.frames), slot=slot,
             )
+            self._configure_scoring(stream, scoring.calibration, scoring.threshold, regions)
             self._streams[stream_id] = stream
         if source != PUSH:
             assert self.source_factory is not None
@@ -211,8 +244,69 @@ class StreamManager:
             except Exception:
                 self._discard(stream_id)
                 raise
-        log.info("stream %s (%s) created, source %s", stream_id, stream.name, stream.source)
-        return stream.info()
+        log.info("stream %s (%s) created, source %s, model %s", stream_id, stream.name, stream.source, slot.name)
+        with stream.lock:
+            return stream.info()
+
+    def _configure_scoring(
+        self, stream: _Stream, choice: CalibrationChoice | None, threshold: float | None, regions: IgnoreRegions
+    ) -> None:
+        """Hand the stream's scoring settings to its model's score stage, with a stored calibration
+        learned before by a stream of the same name on the same weights."""
+        slot = stream.slot
+        choice = choice or CalibrationChoice(self.default_calibration)
+        stored = reason = None
+        if choice.mode in (CalibrationMode.AUTO, CalibrationMode.LEARN):
+            stored, reason = self.calibration_store.load(slot.name, stream.name, slot.weights_sha256)
+            if reason:
+                log.warning("stream %s: %s", stream.id, reason)
+        slot.scorer.configure(
+            stream.id, stream_name=stream.name, model=slot.name, weights_sha256=slot.weights_sha256, choice=choice,
+            threshold=threshold, regions=regions, stored=stored, stored_reason=reason, on_learned=self._save_learned,
+        )
+
+    def _save_learned(self, learned: LearnedCalibration) -> None:
+        # On the inference worker: one small file, written once per learning.
+        try:
+            self.calibration_store.save(learned)
+        except OSError as exc:
+            log.error("could not store the calibration learned by stream %s: %s (it is used until the stream "
+                      "is deleted)", learned.stream_name, exc)
+
+    def update(self, stream_id: str, changes: Mapping[str, Any]) -> StreamInfo:
+        """PATCH: the keys given among "name", "threshold" (None: the model's) and "ignore_regions" change."""
+        stream = self._get(stream_id)
+        scorer = stream.slot.scorer
+        regions = None
+        if "ignore_regions" in changes:
+            with stream.lock:
+                frame_size = stream.ring.frame_size
+            regions = parse_regions(changes["ignore_regions"] or [], frame_size)
+        with stream.lock:
+            if stream.closed:
+                raise StreamClosed(f"stream {stream_id!r} is {stream.state}")
+            if "name" in changes and changes["name"] and changes["name"] != stream.name:
+                raise Conflict("a stream's name keys its learned calibration; create a new stream to rename it")
+            if "threshold" in changes:
+                scorer.set_threshold(stream_id, changes["threshold"])
+            if regions is not None:
+                scorer.set_regions(stream_id, regions)
+            return stream.info()
+
+    def relearn_calibration(self, stream_id: str) -> StreamInfo:
+        stream = self._get(stream_id)
+        stream.slot.scorer.relearn(stream_id)
+        self.calibration_store.delete(stream.slot.name, stream.name)
+        log.info("stream %s relearns its calibration", stream_id)
+        return self.get(stream_id)
+
+    def forget_calibration(self, stream_id: str) -> StreamInfo:
+        """Back to the model's calibration; the stored one is deleted."""
+        stream = self._get(stream_id)
+        stream.slot.scorer.use_model_calibration(stream_id)
+        self.calibration_store.delete(stream.slot.name, stream.name)
+        log.info("stream %s uses the model's calibration", stream_id)
+        return self.get(stream_id)
 
     def get(self, stream_id: str) -> StreamInfo:
         stream = self._get(stream_id)
@@ -239,7 +333,7 @@ class StreamManager:
             except Exception:  # the stream is gone either way; say why the source did not stop cleanly
                 log.exception("stream %s: source did not stop cleanly", stream_id)
             self.metrics.forget_stream(stream_id)  # what the source counted while it stopped
-        for job in self.queue.remove_stream(stream_id):
+        for job in stream.slot.queue.remove_stream(stream_id):
             self._finish_dropped(stream, job, DropReason.STREAM_DELETED)
         with stream.lock:
             info = stream.info()
@@ -280,10 +374,10 @@ class StreamManager:
         received_at = time.monotonic() if received_at is None else received_at
         given = timestamp is not None  # capture time from the producer, else receipt time
         timestamp = time.time() if timestamp is None else timestamp
-        config = self._require_ready()
+        self._require_ready()
         stream = self._get(stream_id)
         _check_frame(frame_bgr)
-        resized = resize_frame(frame_bgr, config)  # outside the lock: the costly parts
+        resized = resize_frame(frame_bgr, stream.slot.config)  # outside the lock: the costly parts
         # What the heatmap history keeps of the frame, made here rather than on the inference worker;
         # skipped for a frame that will (most likely: the ring is read unlocked) only warm the ring.
         frame_size = (frame_bgr.shape[1], frame_bgr.shape[0])
@@ -316,7 +410,7 @@ class StreamManager:
                 stream.ring.reset()
             buffered = len(stream.ring)
             stream.ring.push(resized, frame_size)
-            if stream.state in (StreamState.STARTING, StreamState.RECONNECTING) or (reason and stream.state == StreamState.RUNNING):
+            if stream.state in (StreamState.STARTING, StreamState.RECONNECTING) or (reason and stream.state in _SCORING):
                 stream.state, stream.state_reason = StreamState.WARMING, reason
             if not stream.ring.full:
                 stream.warming += 1
@@ -336,7 +430,7 @@ class StreamManager:
                 kept=kept,
             )
             stream.pending += 1
-            evicted = self.queue.put(job)  # under the stream lock: queue order = frame order
+            evicted = stream.slot.queue.put(job)  # under the stream lock: queue order = frame order
         for old in evicted:
             self._finish_dropped(stream, old, DropReason.OVERLOAD if old is not job else DropReason.SHUTDOWN)
         return job.future
@@ -345,7 +439,7 @@ class StreamManager:
         stream = self._get(stream_id)
         with stream.lock:
             stream.ring.reset()
-            if stream.state == StreamState.RUNNING:
+            if stream.state in _SCORING:
                 stream.state, stream.state_reason = StreamState.WARMING, reason
 
     def set_state(self, stream_id: str, state: StreamState, reason: str | None = None) -> None:
@@ -366,7 +460,11 @@ class StreamManager:
     def score_clip(self, frames: list[np.ndarray], *, received_at: float | None = None) -> Future[ClipOutcome]:
         """Score T decoded frames (oldest first) as one clip, outside any stream. Raises Overloaded."""
         received_at = time.monotonic() if received_at is None else received_at
-        config = self._require_ready()
+        self._require_ready()
+        slot = self.default_slot()
+        if slot is None:
+            raise NotReady("not ready to score frames: no model loaded")
+        config = slot.config
         if len(frames) != config.frames:
             raise InvalidImage(f"send exactly {config.frames} images (oldest first), got {len(frames)}")
         sizes = {(f.shape[1], f.shape[0]) for f in frames}
@@ -385,27 +483,28 @@ class StreamManager:
             stream_id=None, frame_index=index, clip=ring.clip(), frame=frames[-1], timestamp=time.time(),
             received_at=received_at, epoch=0, frames_buffered=config.frames - 1,
         )
-        self.queue.put(job)  # raises Overloaded when too many wait
+        slot.queue.put(job)  # raises Overloaded when too many wait
         return job.future
 
     # --- results from the inference worker -----------------------------------------------------
-    def complete_batch(self, jobs: list[Job], scores: ClipScores | None, error: BaseException | None) -> None:
-        """Sink of the inference worker (its thread): score, record, publish, answer."""
+    def complete_batch(
+        self, slot: ModelSlot, jobs: list[Job], scores: ClipScores | None, error: BaseException | None
+    ) -> None:
+        """Sink of a model's inference worker (its thread): score, record, publish, answer."""
         for i, job in enumerate(jobs):
             stream = self._streams.get(job.stream_id) if job.stream_id is not None else None
             try:
-                if scores is None or self.scorer is None:
+                if scores is None:
                     self._finish_dropped(stream, job, DropReason.INFERENCE_ERROR)
                     continue
-                result = self.scorer.result(
+                background = scores.background
+                scored = slot.scorer.score(
                     stream_id=job.stream_id, frame_index=job.frame_index, epoch=job.epoch,
                     score=float(scores.score[i]), y=int(scores.y[i]), x=int(scores.x[i]),
+                    errors=scores.errors[i].numpy(), background=None if background is None else float(background[i]),
                     frame_size=job.frame_size, timestamp=job.timestamp, received_at=job.received_at,
                     frames_buffered=job.frames_buffered,
                 )
-                if job.stream_id is not None and stream is None:
-                    self.scorer.forget(job.stream_id)  # deleted meanwhile: keep no smoothing state for it
-                scored = ScoredFrame(result, scores.errors[i].numpy())
                 self._finish_scored(stream, job, scored)
             except Exception:  # never leave a request waiting because of a bug in one result
                 log.exception("could not complete frame %s of stream %s", job.frame_index, job.stream_id)
@@ -433,8 +532,10 @@ class StreamManager:
                     if kept is None:  # submit() guessed the frame would only warm the ring
                         kept = keep_frame(job.frame, self.heatmap_frame_max_side)
                     self.history.add(stream.id, HeatmapRecord(result, scored.errors, kept))
-                if stream.state == StreamState.WARMING and job.epoch == stream.ring.epoch:
-                    stream.state, stream.state_reason = StreamState.RUNNING, None
+                if stream.state in (StreamState.WARMING, *_SCORING) and job.epoch == stream.ring.epoch:
+                    learning = result.calibration == CalibrationStatus.LEARNING
+                    stream.state = StreamState.LEARNING if learning else StreamState.RUNNING
+                    stream.state_reason = None
                 closed = stream.closed
             if not closed:
                 self.metrics.frames_scored.labels(job.stream_id).inc()
@@ -502,16 +603,14 @@ class StreamManager:
             stream.closed = True
             stream.state = StreamState.STOPPED
         self.history.forget(stream_id)  # after closing: no scored frame is added to it any more
-        if self.scorer is not None:
-            self.scorer.forget(stream_id)
+        stream.slot.scorer.forget(stream_id)
         self.on_stream_deleted(stream_id)
         return stream
 
-    def _require_ready(self) -> DESDnetConfig:
+    def _require_ready(self) -> None:
         reason = self.readiness()
-        if reason is not None or self.config is None:
-            raise NotReady(f"not ready to score frames: {reason or 'no model loaded'}")
-        return self.config
+        if reason is not None:
+            raise NotReady(f"not ready to score frames: {reason}")
 
 
 class StreamSink:

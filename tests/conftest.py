@@ -35,6 +35,9 @@ TEST_LIMITS: dict[str, Any] = {
     "max_pixels": 1_000_000,
     "batch_wait_ms": 2.0,
     "log_level": "warning",
+    # The weights' calibration from the first frame, as these tests expect; per-stream calibration
+    # ("auto", the service's default, and "learn") has its own tests (tests/integration/test_scenes.py).
+    "calibration": "model",
 }
 
 
@@ -102,12 +105,15 @@ def video() -> np.ndarray:
 
 
 @pytest.fixture(scope="session")
-def service_settings(tiny_weights: Path) -> Callable[..., Settings]:
+def service_settings(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Settings]:
     """Settings for a test server: the tiny weights, small limits, overrides as keywords (flat names,
     as in `vad serve --help` without the dashes: max_batch, source_open_timeout_s, ...)."""
 
     def make(**overrides: Any) -> Settings:
-        return Settings.from_flat(**{"weights": tiny_weights, **TEST_LIMITS, **overrides})
+        # A state folder of its own per server (learned calibrations), and only the tiny weights as models.
+        state = tmp_path_factory.mktemp("state")
+        return Settings.from_flat(**{"weights": tiny_weights, "models_dir": tiny_weights.parent, "data_dir": state,
+                                     **TEST_LIMITS, **overrides})
 
     return make
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..network import DESDnetConfig
-from ..scoring import error_map, feature_distance, frame_mse, patch_score
+from ..scoring import background_level, error_map, feature_distance, frame_mse, patch_score_squared
 
 
 class Backend(ABC):
@@ -74,7 +74,7 @@ class ClipScores:
 
     score: (B,) patch score (Algorithm A1); y, x: (B,) top window in model pixels;
     mse: (B,) whole-frame MSE; errors: (B, H, W) squared error map E²;
-    feature_distance: (B,) or None.
+    feature_distance: (B,) or None; background: (B,) `model.scoring.background_level` of E².
     """
 
     score: torch.Tensor
@@ -83,10 +83,11 @@ class ClipScores:
     mse: torch.Tensor
     errors: torch.Tensor
     feature_distance: torch.Tensor | None = None
+    background: torch.Tensor | None = None
 
     def cpu(self) -> ClipScores:
         return ClipScores(*(None if t is None else t.detach().cpu() for t in (
-            self.score, self.y, self.x, self.mse, self.errors, self.feature_distance)))
+            self.score, self.y, self.x, self.mse, self.errors, self.feature_distance, self.background)))
 
 
 def score_clips(backend: Backend, clips: torch.Tensor, center: torch.Tensor | None = None) -> ClipScores:
@@ -102,6 +103,7 @@ def score_clips(backend: Backend, clips: torch.Tensor, center: torch.Tensor | No
     else:
         image = backend.reconstruct(clips)
     current = clips[:, -cfg.channels :].to(image.device)
-    errors = error_map(image, current)
-    top = patch_score(errors, cfg.patch_size, cfg.patch_stride)
-    return ClipScores(top.score, top.y, top.x, frame_mse(image, current), errors.square(), distance)
+    squared = error_map(image, current).square()
+    top = patch_score_squared(squared, cfg.patch_size, cfg.patch_stride)
+    background = background_level(squared, cfg.patch_size, cfg.patch_stride)
+    return ClipScores(top.score, top.y, top.x, frame_mse(image, current), squared, distance, background)

@@ -91,8 +91,9 @@ async def get_heatmap(
     alpha: Annotated[float, Query(ge=0.0, le=1.0, description="heatmap weight in the overlay")] = 0.5,
 ) -> Response:
     record = context.manager.heatmap_record(stream_id, frame_index)
-    assert context.scorer is not None  # a scored frame exists, so the model is loaded
-    reference = reference_level(record.errors, scale, context.scorer.threshold_score())
+    # The colour scale of the stream's own calibration and threshold, as its frame was scored.
+    assert record.result.threshold_score is not None  # every scored stream frame carries it
+    reference = reference_level(record.errors, scale, record.result.threshold_score)
     png = await run_in_threadpool(render_record, record, reference, overlay, alpha)
     return Response(png, media_type="image/png", headers={"X-Frame-Index": str(record.result.frame_index)})
 

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from types import SimpleNamespace
+
 import cv2
 import numpy as np
 import pytest
@@ -15,6 +18,7 @@ from service.heatmap import JPEG_QUALITY, RAW_FRAME_MAX_BYTES, KeptFrame, keep_f
 from service.history import HeatmapHistory, HeatmapRecord
 from service.infer import FrameQueue
 from service.metrics import ServiceMetrics
+from service.models import ModelSlot
 from service.score import Scorer
 from service.streams import StreamManager
 from tests.support.data import TINY
@@ -241,8 +245,11 @@ def test_an_overlay_of_a_kept_frame_is_rendered_at_the_original_size() -> None:
 def make_manager(metrics: ServiceMetrics, **history: int) -> tuple[StreamManager, FrameQueue]:
     queue = FrameQueue(max_pending_per_stream=100, max_pending_stateless=4)
     calibration = Calibration.from_scores(torch.linspace(0.01, 0.02, 50))
+    # The manager reads only the configuration of the slot's runtime: no model is loaded here.
+    slot = ModelSlot(name="tiny", path=Path("tiny.safetensors"), runtime=SimpleNamespace(config=TINY), queue=queue,
+                     scorer=Scorer(TINY, calibration, 3.0), weights_sha256="0" * 64)
     manager = StreamManager(
-        config=TINY, queue=queue, scorer=Scorer(TINY, calibration, 3.0), metrics=metrics,
+        acquire=lambda name: slot, default_slot=lambda: slot, metrics=metrics,
         publish=lambda result: None, on_stream_deleted=metrics.forget_stream, max_streams=4, **history,
     )
     return manager, queue
@@ -259,7 +266,7 @@ def score_waiting(manager: StreamManager, queue: FrameQueue) -> None:
         return  # the frame only warmed the ring
     jobs = queue.take_batch(64, 0.0)
     queue.finished(jobs)
-    manager.complete_batch(jobs, scores_for(len(jobs)), None)
+    manager.complete_batch(manager.default_slot(), jobs, scores_for(len(jobs)), None)
 
 
 def test_the_manager_keeps_scored_frames_under_the_stream_budget_and_reports_them() -> None:
@@ -303,7 +310,7 @@ def test_a_frame_scored_after_its_stream_was_deleted_is_not_kept() -> None:
     assert len(jobs) == 1
     assert jobs[0].kept is not None  # made by submit(), not on the inference worker
     manager.delete(sid)  # the job was already taken by the "worker": it completes after the DELETE
-    manager.complete_batch(jobs, scores_for(1), None)
+    manager.complete_batch(manager.default_slot(), jobs, scores_for(1), None)
     assert future.result(1).status == "scored"
     assert len(manager.history) == 0 and manager.history.bytes_kept() == 0
 

@@ -8,6 +8,7 @@ DatasetError / WeightsError / TrainError), which the root parser prints as one l
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -73,10 +74,13 @@ def _network_for(args: argparse.Namespace, init: Path | None):  # -> (DESDnetCon
     loaded = load_weights(init)
     given = [flag for key, flag in NETWORK_FLAGS if getattr(args, key, None) is not None]
     window = {"patch_size": loaded.config.patch_size, "patch_stride": loaded.config.patch_stride}
-    if given and _config_from_args(args).with_(**window) != loaded.config:
+    wanted = _config_from_args(args).with_(**window)
+    if given and wanted != loaded.config:
+        differs = ", ".join(f"{k} ({getattr(wanted, k)} asked, {v} in the weights)"
+                            for k, v in json.loads(loaded.config.to_json()).items() if getattr(wanted, k) != v)
         raise CliError(
             f"{' '.join(given)} conflict{'s' if len(given) == 1 else ''} with --init {init}: fine-tuning keeps "
-            f"the network of the initial weights ({loaded.config.to_json()}); drop "
+            f"the network of the initial weights, which differs in {differs}; drop "
             f"{'it' if len(given) == 1 else 'them'}, or pass --init none to train from scratch"
         )
     return loaded.config, loaded

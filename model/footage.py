@@ -12,7 +12,8 @@
 Everything but the dataset root is *plain footage*: every video's tail is held out for calibration.
 With several videos each one gives its own tail (its last `share` of frames), so the calibration sees
 every recording's light and traffic, not only the last one's; the share is raised for short footage
-so that at least `MIN_HOLDOUT_FRAMES` are held out in all, and every tail is at least one clip long.
+so that at least `MIN_HOLDOUT_FRAMES` are held out in all; every tail is at least one clip long, and
+a video shorter than two clips is trained on whole.
 What was held out is recorded in the weights' training metadata (`calibration_videos` and
 `calibration_frames`: {name: [start, stop]}), with a fingerprint of the footage (`footage`), so that
 `vad recalibrate --data` on the same footage scores the same tail again (`calibration_data`).
@@ -140,7 +141,7 @@ def tail_starts(
             f"(at least {min_training + min_holdout}: {min_training} to train on, {min_holdout} held out)"
         )
     effective = max(share, min_holdout / total)
-    held = [min(n - clip, max(clip, math.ceil(effective * n))) for n in counts]
+    held = [0 if n < 2 * clip else min(n - clip, max(clip, math.ceil(effective * n))) for n in counts]
     kept = total - sum(held)
     if sum(held) < min_holdout or kept < min_training:
         raise ValueError(
@@ -180,10 +181,10 @@ class TrainingData:
             meta["training_frames"] = {v.name: [v.start, v.stop] for v in self.train.videos}
             meta["calibration_frames"] = {v.name: [v.start, v.stop] for v in held}
             meta["holdout_share"] = self.holdout_share
-            meta["footage"] = [
-                {"name": v.name, "frames": stop, **fingerprint(v)}
-                for v, stop in zip(self.footage.videos, (h.stop for h in held), strict=True)
-            ]
+            counts = {v.name: v.start + len(a) for v, a in zip(self.train.videos, self.train.frames, strict=True)}
+            counts.update({v.name: v.stop for v in held})
+            meta["footage"] = [{"name": v.name, "frames": counts[v.name], **fingerprint(v)}
+                               for v in self.footage.videos]
         return meta
 
     def describe_holdout(self) -> str:
@@ -224,8 +225,9 @@ def load_training_data(
         raise DatasetError(f"{footage.path}: {exc}") from None
     train = FrameSet([v.part(0, s) for v, s in zip(footage.videos, starts, strict=True)],
                      [a[:s] for a, s in zip(whole.frames, starts, strict=True)])
-    calibration = FrameSet([v.part(s, n) for v, s, n in zip(footage.videos, starts, counts, strict=True)],
-                           [a[s:] for a, s in zip(whole.frames, starts, strict=True)])
+    tails = [(v.part(s, n), a[s:]) for v, a, s, n in zip(footage.videos, whole.frames, starts, counts, strict=True)
+             if s < n]
+    calibration = FrameSet([v for v, _ in tails], [a for _, a in tails])
     return TrainingData(footage, train, calibration, holdout_share)
 
 

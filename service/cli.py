@@ -1,7 +1,7 @@
 """`vad`: the root command, and `vad serve`.
 
 Each package registers its own commands on the root parser: `model.cli` (info, train, evaluate,
-recalibrate, export), this module (serve) and, when the `bench` package is present, `bench.cli`
+recalibrate, export), this module (serve), service/recorder.py (record) and, when the `bench` package is present, `bench.cli`
 (bench, calibrate-backends). Heavy imports happen inside each command so `vad --help` stays fast.
 Errors the user can fix are printed as one line naming the file or setting and the problem, exit 2.
 
@@ -27,6 +27,7 @@ from pydantic import SecretStr
 from model.cli import CliError
 from model.cli import register as register_model_commands
 
+from .recorder import add_record_parser
 from .settings import (
     SECTIONS,
     SettingInfo,
@@ -123,6 +124,7 @@ def build_parser(with_bench: bool = True) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     register_model_commands(sub)
     add_serve_parser(sub)
+    add_record_parser(sub)
     if with_bench and importlib.util.find_spec("bench") is not None and importlib.util.find_spec("bench.cli"):
         importlib.import_module("bench.cli").register(sub)
     return parser

@@ -1,4 +1,4 @@
-"""`vad info / train / evaluate` through `service.cli.main`, in process."""
+"""`vad info / train / evaluate / recalibrate` through `service.cli.main`, in process."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from model.network import DESDnet
+from model.paths import DEFAULT_WEIGHTS
 from model.weights import load_weights, read_metadata
 from service.cli import main
 from tests.support.data import TINY
@@ -77,6 +78,79 @@ def test_train_command(synthetic_root: Path, tmp_path: Path, capsys: pytest.Capt
     assert (tmp_path / "w.ckpt" / "last.pt").is_file()  # default checkpoint folder
 
 
+# ---- plain footage: vad train --data video --init, vad recalibrate --data video ----------------
+
+
+@pytest.fixture(scope="module")
+def scene_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.unit.model.test_footage import write_avi
+
+    return write_avi(tmp_path_factory.mktemp("scene") / "scene.avi", 120, seed=5)
+
+
+def test_a_scene_model_from_a_video_file_then_recalibrated(
+    trained: TrainedRun, scene_video: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out_path = tmp_path / "scene.safetensors"
+    code, out, err = run(["train", "--data", str(scene_video), "--init", str(trained.weights), "--output",
+                          str(out_path), "--epochs", "1", "--max-clips", "8", "--quiet"], capsys)
+    assert code == 0, err
+    assert f"wrote {out_path} after 1 epochs" in out
+    assert "calibration on 46 held-out clips (scene.avi[70:120])" in out
+    weights = load_weights(out_path)
+    assert weights.config == trained.config and weights.training["init_weights"]["path"] == str(trained.weights)
+    assert weights.training["train_config"]["epochs"] == 1
+
+    again = tmp_path / "again.safetensors"
+    code, out, err = run(["recalibrate", "--weights", str(out_path), "--data", str(scene_video), "--output",
+                          str(again), "--quiet"], capsys)
+    assert code == 0, err
+    assert "scored the tail held out in training, scene.avi[70:120]; 50 frames" in out
+    assert load_weights(again).calibration == weights.calibration
+
+
+def test_plain_footage_fine_tunes_the_shipped_weights_by_default(
+    scene_video: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No --init: the shipped weights are the starting point, with their objective (no reverse erasure)."""
+    out_path = tmp_path / "scene.safetensors"
+    code, out, err = run(["train", "--data", str(scene_video), "--output", str(out_path), "--epochs", "1",
+                          "--max-clips", "4", "--quiet"], capsys)
+    assert code == 0, err
+    weights, shipped = load_weights(out_path), load_weights(DEFAULT_WEIGHTS)
+    assert weights.config == shipped.config
+    assert weights.training["init_weights"]["path"] == str(DEFAULT_WEIGHTS)
+    assert weights.training["train_config"]["erasure"] is False  # as the shipped weights were trained
+
+
+def test_init_none_trains_from_scratch(scene_video: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out_path = tmp_path / "scratch.safetensors"
+    code, _, err = run(["train", "--data", str(scene_video), "--init", "none", *TINY_ARGS, "--output",
+                        str(out_path), "--epochs", "1", "--max-clips", "4", "--quiet"], capsys)
+    assert code == 0, err
+    weights = load_weights(out_path)
+    assert weights.training["init_weights"] is None and weights.training["train_config"]["erasure"] is True
+    assert weights.training["epochs"] == 1
+
+
+def test_network_flags_may_repeat_the_initial_network_but_not_change_it(
+    trained: TrainedRun, scene_video: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    same = ["train", "--data", str(scene_video), "--init", str(trained.weights), *TINY_ARGS, "--output",
+            str(tmp_path / "w.safetensors"), "--epochs", "1", "--max-clips", "4", "--quiet"]
+    code, _, err = run(same, capsys)
+    assert code == 0, err
+    for flags, shown in ((["--channels", "3"], "differs in channels (3 asked, 1 in the weights);"),
+                         (["--config", "paper"], "differs in channels (3 asked, 1 in the weights);")):
+        code, _, err = run([*same, *flags], capsys)
+        assert code == 2 and err.count("\n") == 1, err
+        assert shown in err and f"with --init {trained.weights}" in err and "--init none" in err, err
+    # The default starting point of plain footage is the shipped lite network: --image-size 32 conflicts.
+    code, _, err = run(["train", "--data", str(scene_video), "--image-size", "32", "--output",
+                        str(tmp_path / "x.safetensors")], capsys)
+    assert code == 2 and f"--image-size conflicts with --init {DEFAULT_WEIGHTS}" in err, err
+
+
 # ---- bad input: exit status 2 and one line on stderr naming the file and the problem ----------
 
 
@@ -101,6 +175,18 @@ def broken(kind: str, synthetic_root: Path, tmp: Path) -> tuple[list[str], Path,
         for p in sorted(folder.iterdir())[3:]:
             p.unlink()
         return train_args(root, tmp), folder, "3 frames, fewer than the 5"
+    if kind == "footage too short":
+        from tests.unit.model.test_footage import write_avi
+
+        video = write_avi(tmp / "short.avi", 60)
+        return train_args(video, tmp) + ["--init", "none"], video, "60 frames in all, too few to train on"
+    if kind == "not a video file":
+        text = tmp / "notes.txt"
+        text.write_text("hello")
+        return train_args(text, tmp), text, "not a video file"
+    if kind == "missing init weights":
+        return train_args(root, tmp) + ["--init", str(tmp / "nope.safetensors")], tmp / "nope.safetensors", \
+            "no such weights file"
     if kind == "resume without checkpoint":
         return train_args(root, tmp) + ["--resume"], tmp / "w.ckpt" / "last.pt", "no checkpoint"
 
@@ -142,7 +228,7 @@ def eval_args(weights: Path, data: Path) -> list[str]:
 
 KINDS = [
     "missing dataset", "empty dataset", "no videos", "corrupt frame", "short video",
-    "resume without checkpoint", "labels mismatch", "missing test split", "missing weights",
+    "resume without checkpoint", "footage too short", "not a video file", "missing init weights", "labels mismatch", "missing test split", "missing weights",
     "corrupt weights", "mismatched tensors",
 ]
 

@@ -234,3 +234,78 @@ def test_a_run_resumes_under_another_score_window(synthetic_root: Path, tmp_path
     cfg = tiny_train_config(synthetic_root, tmp_path, epochs=2, max_clips_per_epoch=4, resume=True, model=wider)
     assert train(cfg).epoch == 2
     assert load_weights(cfg.output).config == wider
+
+
+# ---- fine-tuning on plain footage (--init) -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def scene_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """120 frames of one synthetic scene as a video file: 70 to train on, the last 50 held out."""
+    from tests.unit.model.test_footage import write_avi
+
+    return write_avi(tmp_path_factory.mktemp("scene") / "scene.avi", 120, seed=5)
+
+
+def test_fine_tuning_starts_from_the_initial_weights(trained: TrainedRun, scene_video: Path, tmp_path: Path) -> None:
+    """At lr 0 a fine-tuning run leaves the initial parameters and SVDD centre exactly as they were
+    (batch-norm statistics follow the footage), and calibrates them on the footage's held-out tail;
+    the metadata and the card say so."""
+    from model.card import sha256_of
+
+    cfg = tiny_train_config(scene_video, tmp_path, init=trained.weights, lr=0.0, epochs=1, max_clips_per_epoch=8)
+    train(cfg)
+    initial, tuned = load_weights(trained.weights), load_weights(cfg.output)
+    a, b = load_file(str(trained.weights)), load_file(str(cfg.output))
+    buffers = {name for name, _ in DESDnet(TINY).named_buffers()}
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a if k not in buffers)
+    assert any(not torch.equal(a[k], b[k]) for k in buffers)
+    assert torch.equal(tuned.center, initial.center)
+    meta = tuned.training
+    assert meta["init_weights"]["sha256"] == sha256_of(trained.weights)
+    assert meta["init_weights"]["path"] == str(trained.weights)
+    assert meta["calibration_videos"] == ["scene.avi"] and meta["calibration_frames"] == {"scene.avi": [70, 120]}
+    assert meta["training_frames"] == {"scene.avi": [0, 70]} and meta["data_kind"] == "video file"
+    assert tuned.calibration.count == 50 - 4 and tuned.calibration != initial.calibration
+    card = cfg.output.with_suffix(".md").read_text()
+    assert f"fine-tuned from `{trained.weights}`" in card and "scene.avi[70:120]" in card
+
+
+def test_fine_tuning_learns_the_scene_and_reports_progress(trained: TrainedRun, scene_video: Path,
+                                                           tmp_path: Path) -> None:
+    steps: list[tuple[str, int | None, str]] = []
+
+    def progress(items, *, total=None, desc="", unit="it"):  # noqa: ANN001, ANN202 - a Progress
+        steps.append((desc, total, unit))
+        return iter(items)
+
+    cfg = tiny_train_config(scene_video, tmp_path, init=trained.weights, epochs=2, max_clips_per_epoch=16)
+    state = train(cfg, progress=progress)
+    assert all(math.isfinite(h["loss"]) for h in state.history)
+    a, b = load_file(str(trained.weights)), load_file(str(cfg.output))
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    assert steps == [("reading scene.avi", 120, "frame"), ("epoch 1/2", 4, "batch"), ("epoch 2/2", 4, "batch"),
+                     ("scoring calibration clips", 3, "batch")]
+
+
+def test_fine_tuning_refuses_weights_of_another_network(trained: TrainedRun, scene_video: Path,
+                                                        tmp_path: Path) -> None:
+    cfg = tiny_train_config(scene_video, tmp_path, init=trained.weights, model=TINY.with_(base_width=8))
+    with pytest.raises(TrainError, match="the initial weights are for another network") as info:
+        train(cfg)
+    assert str(info.value).startswith(f"{trained.weights}: ")
+
+
+def test_recalibrate_on_plain_footage(trained: TrainedRun, scene_video: Path, tmp_path: Path) -> None:
+    """On the footage trained on: its held-out tail again (the same calibration to the last digit);
+    weights trained elsewhere calibrate on every frame of it."""
+    cfg = tiny_train_config(scene_video, tmp_path, init=trained.weights, epochs=1, max_clips_per_epoch=8)
+    train(cfg)
+    result = train_module.recalibrate(cfg.output, scene_video, tmp_path / "again.safetensors")
+    assert result.new == load_weights(cfg.output).calibration and "the tail held out in training" in result.scored
+    (entry,) = load_weights(tmp_path / "again.safetensors").training["rescored"]
+    assert entry["calibration_videos"] == ["scene.avi[70:120]"] and entry["data"] == str(scene_video)
+
+    elsewhere = train_module.recalibrate(trained.weights, scene_video, tmp_path / "scene-cal.safetensors")
+    assert elsewhere.new.count == 120 - 4 and "not trained on this footage" in elsewhere.scored
+    assert load_weights(tmp_path / "scene-cal.safetensors").training["calibration_videos"] == ["03"]

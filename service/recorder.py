@@ -159,7 +159,10 @@ class _Writer:
         self.width, self.height, self.rate = width - width % 2, height - height % 2, rate
         if self.width < 2 or self.height < 2:
             raise RecordError(f"frames of {width}x{height} pixels are too small to encode")
-        self.container = av.open(str(self.temp), mode="w", format="mp4")
+        try:
+            self.container = av.open(str(self.temp), mode="w", format="mp4")
+        except Exception as exc:  # noqa: BLE001 - unwritable folder, full disk: one line, not "read error"
+            raise RecordError(f"{self.temp}: cannot write the recording ({exc})") from None
         self.stream = self.container.add_stream("libx264", rate=rate, options=dict(ENCODER_OPTIONS))
         self.stream.width, self.stream.height, self.stream.pix_fmt = self.width, self.height, "yuv420p"
         self.frames = 0
@@ -198,14 +201,14 @@ def record(
     if camera and seconds is None:
         raise RecordError("--seconds is required for a camera")
     output_dir = Path(output_dir)
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise RecordError(f"{output_dir}: cannot create the output folder ({exc.strerror or exc})") from None
     container = _open_camera(source, settings) if camera else _open_file(source, settings)
     shown = redact_url(source) if camera else source
     session = _Session(source, shown, camera, seconds, settings, output_dir)
     try:
+        try:  # after the source opened: a refused or missing source leaves no folder behind
+            output_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RecordError(f"{output_dir}: cannot create the output folder ({exc.strerror or exc})") from None
         session.run(container, progress)
     except KeyboardInterrupt:
         if session.writer is not None and session.writer.frames:  # Ctrl-C: keep what was recorded

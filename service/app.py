@@ -10,7 +10,7 @@ from typing import Any, Literal
 import uvicorn
 from fastapi import FastAPI
 
-from .api import deps, errors, frames, health, ingest, metrics, score, streams, ws
+from .api import deps, errors, frames, health, ingest, metrics, models, score, streams, ws
 from .api.guard import RequestGuard
 from .api.schemas import FrameResultOut
 from .context import ServiceContext
@@ -58,7 +58,7 @@ def create_app(settings: Settings, source_factory: SourceFactory | None | Litera
     )
     errors.install(app)
     app.add_middleware(RequestGuard, settings=settings)  # token and body size, before any body is read
-    for module in (streams, frames, ingest, score, ws, health, metrics):
+    for module in (streams, frames, ingest, score, models, ws, health, metrics):
         app.include_router(module.router)
     install_openapi(app, settings)
     return app

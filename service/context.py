@@ -161,6 +161,8 @@ class ServiceContext:
         self.metrics.live.ingest_connections = lambda: self.ingest_sessions
         self.metrics.live.ready = lambda: self.not_ready_reason() is None
         self.metrics.live.stream_states = self.manager.state_counts
+        self.metrics.live.stream_scoring = self.manager.scoring_gauges
+        self.metrics.live.model_states = lambda: {m.name: m.status for m in self.models.infos()}
         if rt is None:
             self.metrics.model.info({"weights": s.weights.name, "loaded": "false"})
             return

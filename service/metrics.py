@@ -43,6 +43,9 @@ class _LiveGauges(Collector):
         self.ingest_connections: Callable[[], int] = lambda: 0
         self.ready: Callable[[], bool] = lambda: False
         self.heatmap_history_bytes: Callable[[], int] = lambda: 0
+        # stream id -> (out-of-domain warning on, calibration learning progress 0..1 or 1 when not learning)
+        self.stream_scoring: Callable[[], Mapping[str, tuple[bool, float]]] = lambda: {}
+        self.model_states: Callable[[], Mapping[str, str]] = lambda: {}  # model name -> status
 
     def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily(
@@ -62,6 +65,25 @@ class _LiveGauges(Collector):
         yield GaugeMetricFamily(
             "vad_ready", "1 when the weights are loaded and the inference worker runs", value=float(self.ready())
         )
+        scoring = self.stream_scoring()
+        domain = GaugeMetricFamily(
+            "vad_stream_out_of_domain", "1 while a stream's scene sits far from its model's (see its warnings)",
+            labels=["stream"],
+        )
+        learning = GaugeMetricFamily(
+            "vad_stream_calibration_progress", "Share of its calibration frames a learning stream has seen (1: not "
+            "learning)", labels=["stream"],
+        )
+        for stream, (out_of_domain, progress) in sorted(scoring.items()):
+            domain.add_metric([stream], float(out_of_domain))
+            learning.add_metric([stream], progress)
+        yield domain
+        yield learning
+        models = GaugeMetricFamily("vad_models", "Models of the models folder by status", labels=["status"])
+        statuses = list(self.model_states().values())
+        for status in ("available", "loaded", "error", "removed"):
+            models.add_metric([status], statuses.count(status))
+        yield models
         yield GaugeMetricFamily(
             "vad_heatmap_history_bytes", "Bytes of scored frames kept for /heatmap, all streams",
             value=self.heatmap_history_bytes(),

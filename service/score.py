@@ -174,16 +174,6 @@ class Scorer:
                 regions=state.regions, domain_z=domain_z, domain_limit=limit, warnings=tuple(warnings),
             )
 
-    def out_of_domain(self) -> dict[str, bool]:
-        """stream id -> whether its out-of-domain warning is on (for the metrics, at scrape time)."""
-        with self._lock:
-            states = list(self._streams.items())
-        result = {}
-        for stream_id, state in states:
-            median = state.domain.median()
-            result[stream_id] = median is not None and median > state.calibration.domain_limit()
-        return result
-
     # --- one scored frame (worker thread) ----------------------------------------------------------
     def patch(self, y: int, x: int, frame_size: tuple[int, int]) -> Patch:
         """Top window from model pixels to the original frame's pixels (the resize is not aspect-preserving)."""

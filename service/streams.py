@@ -340,6 +340,18 @@ class StreamManager:
         log.info("stream %s deleted after %d frames", stream_id, info.frames_received)
         return info
 
+    def scoring_gauges(self) -> dict[str, tuple[bool, float]]:
+        """stream id -> (out-of-domain warning on, calibration progress), for the metrics."""
+        with self._lock:
+            streams = list(self._streams.values())
+        gauges = {}
+        for stream in streams:
+            view = stream.slot.scorer.view(stream.id)
+            if view is not None:
+                gauges[stream.id] = (bool(view.domain_z is not None and view.domain_z > view.domain_limit),
+                                     view.calibration.progress)
+        return gauges
+
     def state_counts(self) -> dict[str, int]:
         with self._lock:
             streams = list(self._streams.values())

@@ -39,4 +39,5 @@ async def readyz(context: Context, response: Response) -> ReadyOut:
         threshold=rt.threshold if rt else None,
         calibration=rt.calibration_source if rt else None,
         config=json.loads(rt.config.to_json()) if rt else None,
+        model_errors=context.models.errors(),
     )

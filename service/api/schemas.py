@@ -5,11 +5,15 @@ from __future__ import annotations
 import math
 import sys
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, field_validator
 
+from ..calibration import CalibrationChoice, CalibrationMode, CalibrationView
 from ..domain import FrameResult, FrameStatus, StreamInfo, StreamState
+from ..models import ModelInfo
+from ..regions import MAX_POINTS, MAX_REGIONS
+from ..score import ScoringView
 
 # Every float a client sends (query parameters, JSON fields) is pydantic's FiniteFloat: NaN, Infinity
 # and numbers that overflow to infinity (1e400) are refused with 422 "Input should be a finite number".
@@ -38,6 +42,37 @@ def _has_non_finite(value: Any) -> bool:
     return False
 
 
+Point = Annotated[list[FiniteFloat], Field(min_length=2, max_length=2, description="[x, y] in frame pixels")]
+Polygon = Annotated[list[Point], Field(max_length=MAX_POINTS, description="at least 3 points")]
+IgnoreRegionsIn = Annotated[
+    list[Polygon],
+    Field(max_length=MAX_REGIONS, description="polygons in frame pixels whose pixels are left out of the score "
+          "and the heatmap (a road with traffic, a clock, a tree in the wind)"),
+]
+Threshold = Annotated[
+    FiniteFloat,
+    Field(ge=-100, le=100, description="alarm threshold on the smoothed z-score (default: the model's); see "
+          "docs/cameras.md for the false-alarm rate it means"),
+]
+
+
+class FixedCalibration(BaseModel):
+    """Fixed statistics of the log patch score on normal frames: z = (log score - mu) / sigma."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mu: FiniteFloat = Field(ge=-100, le=100)
+    sigma: FiniteFloat = Field(gt=0, le=100)
+
+
+CalibrationIn = Annotated[
+    Literal["auto", "learn", "model"] | FixedCalibration,
+    Field(description='"auto" (default: the model\'s calibration, learning its own when the first frames are '
+          'out of the model\'s domain), "learn" (no alarm until it learned its own), "model", or '
+          '{"mu": ..., "sigma": ...}'),
+]
+
+
 class CreateStream(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -50,6 +85,12 @@ class CreateStream(BaseModel):
         None, gt=0, le=240, description="live sources: score at most this many frames per second, thinned evenly"
     )
     options: dict[str, Any] = Field(default_factory=dict, description="live-source options, passed through")
+    model: str | None = Field(
+        None, min_length=1, max_length=200, description="a model of GET /v1/models (default: the default model)"
+    )
+    threshold: Threshold | None = None
+    calibration: CalibrationIn | None = None
+    ignore_regions: IgnoreRegionsIn = Field(default_factory=list)
 
     @field_validator("options")
     @classmethod
@@ -61,6 +102,25 @@ class CreateStream(BaseModel):
     def source_options(self) -> dict[str, Any]:
         """`max_fps` may be given at the top level or inside `options`; the top level wins."""
         return {**self.options, **({"max_fps": self.max_fps} if self.max_fps is not None else {})}
+
+    def calibration_choice(self) -> CalibrationChoice | None:
+        if self.calibration is None:
+            return None
+        if isinstance(self.calibration, FixedCalibration):
+            return CalibrationChoice(CalibrationMode.FIXED, self.calibration.mu, self.calibration.sigma)
+        return CalibrationChoice(CalibrationMode(self.calibration))
+
+
+class UpdateStream(BaseModel):
+    """The fields given change; the others stay. `"threshold": null` goes back to the model's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    threshold: Threshold | None = None
+    ignore_regions: IgnoreRegionsIn | None = None
+
+    def changes(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.model_fields_set}
 
 
 class PatchOut(BaseModel):
@@ -90,6 +150,10 @@ class FrameResultOut(BaseModel):
     frame_height: int
     frames_buffered: int = Field(description="frames already in the ring buffer when this one arrived")
     reason: str | None = Field(None, description="why dropped, or why the buffer was reset")
+    calibration: Literal["checking", "model", "learning", "learned", "fixed"] | None = Field(
+        None, description="what normalised the score: the model's calibration, the stream's learned or fixed one; "
+        "checking/learning: no alarm yet (null for POST /v1/score)",
+    )
 
     @classmethod
     def from_domain(cls, r: FrameResult) -> FrameResultOut:
@@ -100,11 +164,41 @@ class FrameResultOut(BaseModel):
             patch=PatchOut(x=r.patch.x, y=r.patch.y, w=r.patch.w, h=r.patch.h) if r.patch else None,
             latency_ms=round(r.latency_ms, 3), timestamp=r.timestamp, frame_width=r.frame_width,
             frame_height=r.frame_height, frames_buffered=r.frames_buffered, reason=r.reason,
+            calibration=r.calibration,
         )
 
 
 class ScoreResultOut(FrameResultOut):
     heatmap_png_base64: str | None = Field(None, description="with ?heatmap=true: PNG at the frames' size")
+
+
+class StatisticsOut(BaseModel):
+    mu: float = Field(description="mean (or median) of the log patch score on normal frames")
+    sigma: float = Field(description="its spread; z = (log score - mu) / sigma")
+
+
+class CalibrationOut(BaseModel):
+    mode: Literal["auto", "learn", "model", "fixed"]
+    status: Literal["checking", "model", "learning", "learned", "fixed"]
+    progress: float = Field(description="learning: share of calibration_frames seen (1 otherwise)")
+    frames_learned: int = Field(description="learning: scored frames so far; learned: frames it learned from")
+    frames_needed: int
+    statistics: StatisticsOut = Field(description="what normalises the stream's scores now")
+    learned_at: datetime | None = None
+    learned_z_p99: float | None = Field(None, description="99th percentile z of the frames it learned from")
+    learned_z_max: float | None = None
+    reason: str | None = Field(None, description="why auto switched to learning, or a stored calibration was not used")
+
+    @classmethod
+    def from_domain(cls, v: CalibrationView) -> CalibrationOut:
+        learned = v.learned
+        return cls(
+            mode=v.mode, status=v.status, progress=v.progress, frames_learned=v.frames_learned,
+            frames_needed=v.frames_needed, statistics=StatisticsOut(mu=v.log_mean, sigma=v.log_std),
+            learned_at=datetime.fromtimestamp(learned.learned_at, UTC) if learned else None,
+            learned_z_p99=learned.z_p99 if learned else None, learned_z_max=learned.z_max if learned else None,
+            reason=v.reason,
+        )
 
 
 class StreamOut(BaseModel):
@@ -120,21 +214,77 @@ class StreamOut(BaseModel):
     frames_pending: int = Field(description="accepted, waiting for the model")
     created_at: datetime
     last_result: FrameResultOut | None
+    model: str = Field(description="the model scoring it (GET /v1/models)")
+    threshold: float | None = Field(None, description="the alarm threshold in use on the smoothed z-score")
+    threshold_is_default: bool = Field(True, description="whether it follows the model's threshold")
+    calibration: CalibrationOut | None = None
+    ignore_regions: list[list[list[float]]] = Field(default_factory=list)
+    domain_z: float | None = Field(
+        None, description="median distance of the recent frames from the model's scene (background z)"
+    )
+    warnings: list[str] = Field(default_factory=list, description="e.g. out of domain, with the fix")
 
     @classmethod
     def from_domain(cls, s: StreamInfo) -> StreamOut:
+        view = s.scoring if isinstance(s.scoring, ScoringView) else None
         return cls(
             id=s.id, name=s.name, source=s.source, state=s.state, state_reason=s.state_reason,
             frames_received=s.frames_received, frames_scored=s.frames_scored, frames_dropped=s.frames_dropped,
             frames_warming=s.frames_warming, frames_pending=s.frames_pending,
             created_at=datetime.fromtimestamp(s.created_at, UTC),
             last_result=FrameResultOut.from_domain(s.last_result) if s.last_result else None,
+            model=s.model,
+            threshold=view.threshold if view else None,
+            threshold_is_default=view.threshold_is_default if view else True,
+            calibration=CalibrationOut.from_domain(view.calibration) if view else None,
+            ignore_regions=view.regions.as_lists() if view else [],
+            domain_z=round(view.domain_z, 3) if view and view.domain_z is not None else None,
+            warnings=list(view.warnings) if view else [],
         )
 
 
 class StreamList(BaseModel):
     data: list[StreamOut]
     count: int
+
+
+class ModelOut(BaseModel):
+    name: str
+    path: str
+    default: bool
+    status: Literal["available", "loaded", "error", "removed"] = Field(
+        description="available: not loaded yet (loads when a stream uses it); removed: the file is gone but streams "
+        "still use it"
+    )
+    error: str | None = None
+    note: str | None = None
+    size_bytes: int
+    config: dict[str, Any] | None = None
+    training: dict[str, Any] = Field(default_factory=dict, description="what it was trained on (from its metadata)")
+    calibration: dict[str, Any] | None = Field(None, description="its calibration on held-out normal frames")
+    backend: str | None = Field(None, description="loaded: the backend running it")
+    precision: str | None = None
+    threshold: float | None = None
+
+    @classmethod
+    def from_domain(cls, m: ModelInfo) -> ModelOut:
+        return cls(
+            name=m.name, path=m.path, default=m.default, status=m.status, error=m.error, note=m.note,
+            size_bytes=m.size_bytes, config=m.config, training=m.training, calibration=m.calibration,
+            backend=m.backend, precision=m.precision, threshold=m.threshold,
+        )
+
+
+class ModelList(BaseModel):
+    data: list[ModelOut]
+    count: int
+
+
+class ReloadOut(BaseModel):
+    added: list[str]
+    changed: list[str]
+    removed: list[str]
+    models: ModelList
 
 
 class ErrorOut(BaseModel):
@@ -159,3 +309,7 @@ class ReadyOut(BaseModel):
         None, description="where the causal z-score's statistics come from: 'weights', or this backend's record"
     )
     config: dict[str, Any] | None = None
+    model_errors: dict[str, str] = Field(
+        default_factory=dict, description="models of the models folder that cannot be used, and why (the "
+        "others, and the default model, are not affected)",
+    )

@@ -35,7 +35,7 @@ from .losses import (
 )
 from .network import DESDnet, DESDnetConfig
 from .progress import Progress, bars, silent
-from .scoring import error_map, patch_score
+from .scoring import background_level, error_map, patch_score_squared
 from .weights import Calibration, LoadedWeights, load_weights, save_weights
 
 #: Default epochs of a fine-tuning run (`init` set): measured in docs/training.md, "A scene model
@@ -167,16 +167,28 @@ def load_checkpoint(path: Path, model: DESDnet, optimizer: torch.optim.Optimizer
         raise TrainError(f"{path}: damaged checkpoint ({type(exc).__name__}: {exc})") from exc
 
 
-@torch.no_grad()
 def patch_scores_of(model: DESDnet, frames: FrameSet, batch_size: int = 16,
                     progress: Progress = silent) -> torch.Tensor:
     """Raw patch scores (N,) of every clip of `frames` (eval mode, fp32, mapping encoder skipped)."""
+    return scores_and_background(model, frames, batch_size, progress)[0]
+
+
+def measure_calibration(model: DESDnet, frames: FrameSet, progress: Progress = silent) -> Calibration:
+    """The calibration of the causal score on normal frames the model did not train on, with the
+    statistics of their background level (the service's out-of-domain check)."""
+    return Calibration.from_scores(*scores_and_background(model, frames, progress=progress))
+
+
+@torch.no_grad()
+def scores_and_background(model: DESDnet, frames: FrameSet, batch_size: int = 16,
+                          progress: Progress = silent) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw patch scores (N,) and background levels (N,) (`model.scoring.background_level`) of every clip."""
     cfg = model.config
     model.eval()
     device = next(model.parameters()).device
     source = TensorClips(frames, cfg.frames, device)
     index = frames.clip_index(cfg.frames)
-    scores = []
+    scores, background = [], []
     # Strict fp32 on CUDA too (no TF32): the calibration must match what a CPU computes.
     with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=False, allow_tf32=False):
         starts = range(0, len(index), batch_size)
@@ -184,8 +196,10 @@ def patch_scores_of(model: DESDnet, frames: FrameSet, batch_size: int = 16,
             clip = source.clips(index[start : start + batch_size])
             out = model(clip, with_feature=False).image
             current = clip[:, -cfg.channels :]
-            scores.append(patch_score(error_map(out, current), cfg.patch_size, cfg.patch_stride).score.cpu())
-    return torch.cat(scores)
+            squared = error_map(out, current).square()
+            scores.append(patch_score_squared(squared, cfg.patch_size, cfg.patch_stride).score.cpu())
+            background.append(background_level(squared, cfg.patch_size, cfg.patch_stride).cpu())
+    return torch.cat(scores), torch.cat(background)
 
 
 def plan_epochs(cfg: TrainConfig, state: TrainState, run_seconds: float) -> int:
@@ -340,7 +354,7 @@ def train(cfg: TrainConfig, on_epoch: Callable[[TrainState], None] | None = None
 
     # Calibrate the causal score on held-out normal frames (or the training ones if none held out).
     calib_set = data.calibration if data.calibration is not None else train_set
-    calibration = Calibration.from_scores(patch_scores_of(model, calib_set, progress=progress))
+    calibration = measure_calibration(model, calib_set, progress=progress)
     training = {
         "command": cfg.command,
         "train_config": cfg.as_json(),
@@ -393,7 +407,7 @@ def recalibrate(
     footage, frames, scored = calibration_data(data, loaded.training, new_cfg, progress)
     model = DESDnet(new_cfg).to(memory_format=torch.channels_last)  # as training scored it
     model.load_state_dict(loaded.model.state_dict())
-    calibration = Calibration.from_scores(patch_scores_of(model, frames, progress=progress))
+    calibration = measure_calibration(model, frames, progress=progress)
     training = dict(loaded.training)
     history = list(training.get("rescored", []))
     history.append({

@@ -3,6 +3,9 @@
 Layout: ROOT/{training,testing}/frames/VIDEO/NNN.(jpg|png|tif), or ROOT/{training,testing}/videos/*.avi|mp4
 (also video files directly under ROOT/{split}/frames or ROOT/{split}). Labels: ROOT/testing/ground_truth.json
 as {"videos": {"01": {"frames": 180, "anomalous": [[60, 179]]}, ...}} (inclusive, 0-based).
+
+A `Video` may also be a part of one (frames [start, stop)): the training head or the held-out tail of
+plain footage (model/footage.py resolves `--data` into videos and decides the parts).
 """
 
 from __future__ import annotations

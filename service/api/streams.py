@@ -35,6 +35,7 @@ def require_utf8(body: bytes) -> None:
         422: "invalid body (not UTF-8 JSON, unknown field, a number that is not finite, ...), "
         "unsupported or refused source, unknown or unusable model, an ignore region that is not a polygon",
         429: "max_streams streams already open",
+        503: "the default model is not loaded",
     }),
 )
 async def create_stream(body: CreateStream, request: Request, context: Context) -> StreamOut:
@@ -71,6 +72,7 @@ async def delete_stream(stream_id: str, context: Context) -> StreamOut:
     response_model=StreamOut,
     responses=error_responses({
         404: "no such stream", 409: "the stream is stopping",
+        413: "a body larger than the server reads for a JSON request",
         422: "invalid body, or an ignore region outside the stream's frames",
     }),
 )

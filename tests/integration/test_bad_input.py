@@ -210,9 +210,10 @@ def test_unusable_weights_keep_readyz_503(start_server, tmp_path: Path, tiny_wei
     assert ready.status_code == 503
     body = ready.json()
     assert body["status"] == "not ready" and needle in body["reason"]
-    sid = httpx.post(server.url("/v1/streams"), json={}).json()["id"]  # streams can still be managed
-    r = httpx.post(server.url(f"/v1/streams/{sid}/frames"), content=encode(video[0]), headers=JPEG)
+    # A stream needs its model: creating one says why it cannot be scored yet.
+    r = httpx.post(server.url("/v1/streams"), json={})
     assert r.status_code == 503 and needle in r.json()["detail"]
+    assert httpx.get(server.url("/v1/models")).json()["data"][0]["status"] == "error"
     files = [("frames", (f"{i}.jpg", encode(f), "image/jpeg")) for i, f in enumerate(video[:5])]
     assert httpx.post(server.url("/v1/score"), files=files).status_code == 503
     metrics = server.metrics()

@@ -211,7 +211,13 @@ def test_upload_bodies_are_declared(vad_server: RunningServer, spec, stream_id: 
 
 
 RETURNED = {
-    ("post", "/v1/streams"): {201, 413, 422, 429},
+    ("post", "/v1/streams"): {201, 413, 422, 429, 503},
+    ("patch", "/v1/streams/{stream_id}"): {200, 404, 409, 413, 422},
+    ("get", "/v1/streams/{stream_id}/calibration"): {200, 404},
+    ("post", "/v1/streams/{stream_id}/calibration"): {200, 404},
+    ("delete", "/v1/streams/{stream_id}/calibration"): {200, 404},
+    ("get", "/v1/models"): {200},
+    ("post", "/v1/models/reload"): {200},
     ("get", "/v1/streams"): {200},
     ("get", "/v1/streams/{stream_id}"): {200, 404},
     ("delete", "/v1/streams/{stream_id}"): {200, 404},

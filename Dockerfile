@@ -54,14 +54,16 @@ COPY service/ service/
 # bench/ (offline tooling) is not in the build context: setuptools' include of bench* then finds nothing.
 RUN pip install --constraint "$VIRTUAL_ENV/torch-constraint.txt" ".[fast]" \
     && python -c "import av, cv2, torch, onnx, onnxruntime, openvino, nncf, service.sources" \
-    && mkdir -p /app/.cache/vad \
-    && chown -R 10001:10001 /app/.cache
+    && mkdir -p /app/.cache/vad /app/data \
+    && chown -R 10001:10001 /app/.cache /app/data
 
 COPY --chown=10001:10001 weights/ weights/
 
 ENV VAD_HOST=0.0.0.0 \
     VAD_PORT=8000 \
     VAD_WEIGHTS=/app/weights/ped2-lite.safetensors \
+    VAD_MODELS_DIR=/app/weights \
+    VAD_DATA_DIR=/app/data \
     VAD_CACHE_DIR=/app/.cache/vad
 
 USER 10001:10001

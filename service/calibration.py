@@ -36,6 +36,7 @@ import re
 import statistics
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -158,7 +159,7 @@ class StreamCalibration:
         model: str,
         weights_sha256: str,
         stored: LearnedCalibration | None = None,
-        on_learned: callable | None = None,  # type: ignore[valid-type]
+        on_learned: Callable[[LearnedCalibration], None] | None = None,
     ) -> None:
         self.choice = choice
         self.policy = policy

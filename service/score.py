@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,7 +89,7 @@ class Scorer:
         self, stream_id: str, *, stream_name: str, model: str, weights_sha256: str,
         choice: CalibrationChoice, threshold: float | None, regions: IgnoreRegions,
         stored: LearnedCalibration | None = None, stored_reason: str | None = None,
-        on_learned=None,  # Callable[[LearnedCalibration], None] | None
+        on_learned: Callable[[LearnedCalibration], None] | None = None,
     ) -> None:
         calibration = StreamCalibration(
             choice, self.policy, self.calibration, stream_name=stream_name, model=model,

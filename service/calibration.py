@@ -304,10 +304,13 @@ def weights_digest(path: Path) -> str:
 class CalibrationStore:
     """Learned calibrations as small JSON files: DIR/MODEL/NAME.json (names made file-safe, with a hash of
     the original so two names never share a file). Written atomically; a file of other weights (same model
-    name, retrained) is not used."""
+    name, retrained) is not used. At most `max_files` are kept: beyond, the oldest are deleted (policy
+    "drop-oldest", counted in `evicted`)."""
 
-    def __init__(self, folder: Path | None) -> None:
+    def __init__(self, folder: Path | None, max_files: int = 10_000) -> None:
         self.folder = folder
+        self.max_files = max_files
+        self.evicted = 0
 
     def _path(self, model: str, stream_name: str) -> Path:
         assert self.folder is not None
@@ -341,6 +344,22 @@ class CalibrationStore:
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(asdict(learned), indent=2) + "\n")
         tmp.replace(path)
+        self._prune()
+
+    def _prune(self) -> None:
+        assert self.folder is not None
+        files = list(self.folder.glob("*/*.json"))
+        if len(files) <= self.max_files:
+            return
+        dated = []
+        for file in files:
+            with contextlib.suppress(OSError):
+                dated.append((file.stat().st_mtime_ns, file))
+        for _, file in sorted(dated)[: len(dated) - self.max_files]:
+            with contextlib.suppress(OSError):
+                file.unlink()
+                self.evicted += 1
+                log.info("deleted the oldest stored calibration %s (more than %d kept)", file, self.max_files)
 
     def delete(self, model: str, stream_name: str) -> None:
         if self.folder is None:

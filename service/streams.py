@@ -202,6 +202,7 @@ class StreamManager:
         self.source_factory = source_factory
         self.readiness = readiness  # returns why frames cannot be scored now, or None
         self._streams: dict[str, _Stream] = {}
+        self._named: set[str] = set()  # names given by clients (bounded by max_streams: removed on delete)
         self._lock = threading.Lock()
         self._stateless_index = 0
 
@@ -233,6 +234,8 @@ class StreamManager:
             )
             self._configure_scoring(stream, scoring.calibration, scoring.threshold, regions)
             self._streams[stream_id] = stream
+            if name:
+                self._named.add(name)
         if source != PUSH:
             assert self.source_factory is not None
             try:
@@ -266,7 +269,10 @@ class StreamManager:
         )
 
     def _save_learned(self, learned: LearnedCalibration) -> None:
-        # On the inference worker: one small file, written once per learning.
+        # On the inference worker: one small file, written once per learning. A stream without a name of
+        # its own (named after its random id) stores nothing: no later stream could find it.
+        if learned.stream_name not in self._named:
+            return
         try:
             self.calibration_store.save(learned)
         except OSError as exc:
@@ -609,6 +615,8 @@ class StreamManager:
     def _discard(self, stream_id: str) -> _Stream | None:
         with self._lock:
             stream = self._streams.pop(stream_id, None)
+            if stream is not None and not any(s.name == stream.name for s in self._streams.values()):
+                self._named.discard(stream.name)
         if stream is None:
             return None
         with stream.lock:

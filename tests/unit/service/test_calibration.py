@@ -169,3 +169,16 @@ def test_patch_score_of_a_squared_map_and_the_background_level() -> None:
     spot = torch.zeros(1, 32, 32)
     spot[0, 4:8, 4:8] = 1.0
     assert float(patch_score_squared(spot, 8, 4).score[0]) > 0 and float(background_level(spot, 8, 4)[0]) == 0
+
+
+def test_the_store_keeps_at_most_max_files_dropping_the_oldest(tmp_path) -> None:
+    import os
+
+    store = CalibrationStore(tmp_path, max_files=2)
+    for i, name in enumerate(("a", "b", "c")):
+        store.save(learn(normal_scores(50, seed=i), stream_name=name, model="m", weights_sha256=SHA))
+        path = next(p for p in tmp_path.rglob(f"{name}-*.json"))
+        os.utime(path, ns=(i * 10**9, i * 10**9))  # a clear order, whatever the file system's clock
+    assert store.evicted == 1
+    assert store.load("m", "a", SHA) == (None, None)
+    assert store.load("m", "b", SHA)[0] is not None and store.load("m", "c", SHA)[0] is not None

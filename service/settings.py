@@ -271,6 +271,79 @@ class SceneSettings(_Section):
     )
 
 
+class EventSettings(_Section):
+    """Anomaly events: when one opens and closes (defaults; each stream may override them), their media,
+    where they are stored and for how long."""
+
+    event_min_frames: int = Field(
+        5, ge=1, le=10_000, description="scored frames in a row at or above the threshold that open an event"
+    )
+    event_hysteresis: float = Field(
+        1.0, ge=0, le=100, description="an open event stays open while the smoothed z is above threshold minus this"
+    )
+    event_release_frames: int = Field(
+        25, ge=1, le=100_000, description="scored frames in a row below the exit threshold that close an event"
+    )
+    event_cooldown_seconds: float = Field(
+        10.0, ge=0, le=86_400, description="after an event closes, no new event of the same stream for this long"
+    )
+    event_max_seconds: float = Field(
+        300.0, gt=0, le=86_400, description="a longer event is closed (reason max_duration) and a new one opened"
+    )
+    event_pre_roll_seconds: float = Field(
+        3.0, ge=0, le=60, description="seconds of video before an event's start kept in its clip"
+    )
+    event_frame_memory_bytes: int = Field(
+        32 * 1024 * 1024, ge=0,
+        description="per stream: bytes of recent frames (JPEG) kept for clips; beyond it the oldest are dropped "
+        "(0: no clips)",
+    )
+    event_clip_max_seconds: float = Field(
+        120.0, gt=0, le=3600, description="longest clip written for an event (the frames after it are not kept)"
+    )
+    database_url: SecretStr | None = Field(
+        None,
+        description="SQLAlchemy URL of the event database, e.g. postgresql+psycopg://user:pass@host/vad "
+        "(default: SQLite in DATA_DIR/vad.db)",
+    )
+    event_retention_days: float = Field(30.0, gt=0, description="events (and their media) older than this are deleted")
+    event_retention_bytes: int = Field(
+        10 * 1024**3, ge=0, description="media of all events at most this many bytes: the oldest events go first"
+    )
+    event_write_queue: int = Field(
+        10_000, ge=10, le=10_000_000,
+        description="event changes waiting for the database (e.g. while it is down); beyond it the oldest are "
+        "dropped and counted",
+    )
+
+
+class NotifySettings(_Section):
+    """Who is told about events: webhooks and MQTT."""
+
+    webhook_urls: str = Field(
+        "", description="comma-separated URLs that receive every event change as JSON (POST); checked like camera "
+        "URLs (VAD_ALLOWED_SOURCE_NETWORKS)"
+    )
+    webhook_secret: SecretStr | None = Field(
+        None, description="shared secret: each webhook carries X-VAD-Signature: sha256=HMAC-SHA256(secret, body)"
+    )
+    webhook_timeout_s: float = Field(5.0, gt=0, le=120, description="longest wait for a webhook receiver's answer")
+    webhook_max_attempts: int = Field(12, ge=1, le=1000, description="attempts per notification before giving up")
+    webhook_backoff_initial_s: float = Field(1.0, gt=0, description="first delay after a failed delivery")
+    webhook_backoff_max_s: float = Field(600.0, gt=0, description="longest delay between delivery attempts")
+    mqtt_url: str = Field(
+        "", description="MQTT broker, mqtt://host:1883 or mqtts://host:8883 (empty: no MQTT)"
+    )
+    mqtt_username: str = Field("", description="MQTT user name (empty: anonymous)")
+    mqtt_password: SecretStr | None = Field(None, description="MQTT password")
+    mqtt_topic_prefix: str = Field("vad", description="topics: PREFIX/events and PREFIX/<stream>/anomaly")
+    mqtt_tls_ca: Path | None = Field(None, description="mqtts: CA certificate file (default: the system's)")
+    mqtt_home_assistant: bool = Field(
+        False, description="publish Home Assistant discovery for each stream's anomaly binary sensor"
+    )
+    mqtt_timeout_s: float = Field(5.0, gt=0, le=120, description="connect and publish-acknowledge timeout")
+
+
 class PublishSettings(_Section):
     """WebSocket score feeds."""
 
@@ -378,6 +451,8 @@ SECTIONS: dict[str, type[_Section]] = {
     "limits": LimitSettings,
     "streams": StreamSettings,
     "scenes": SceneSettings,
+    "events": EventSettings,
+    "notify": NotifySettings,
     "publish": PublishSettings,
     "sources": SourceSettings,
 }
@@ -429,6 +504,8 @@ class Settings(BaseModel):
     limits: LimitSettings = Field(default_factory=LimitSettings)
     streams: StreamSettings = Field(default_factory=StreamSettings)
     scenes: SceneSettings = Field(default_factory=SceneSettings)
+    events: EventSettings = Field(default_factory=EventSettings)
+    notify: NotifySettings = Field(default_factory=NotifySettings)
     publish: PublishSettings = Field(default_factory=PublishSettings)
     sources: SourceSettings = Field(default_factory=SourceSettings)
 

@@ -247,7 +247,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--init", metavar="WEIGHTS",
                    help="fine-tune from these weights, or `none` to train from scratch (default: the shipped "
                    f"{DEFAULT_WEIGHTS.name} for plain footage, none for a dataset root)")
-    p.add_argument("--epochs", type=int, help="default: 60 from scratch, 5 when fine-tuning (--init)")
+    p.add_argument("--epochs", type=int, help="default: 60 from scratch, 3 when fine-tuning (--init)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--seed", type=int, default=0)

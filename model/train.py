@@ -40,7 +40,7 @@ from .weights import Calibration, LoadedWeights, load_weights, save_weights
 
 #: Default epochs of a fine-tuning run (`init` set): measured in docs/training.md, "A scene model
 #: from your own footage"; training from scratch uses the paper's 60.
-FINE_TUNE_EPOCHS = 5
+FINE_TUNE_EPOCHS = 3
 
 
 @dataclass

@@ -76,8 +76,23 @@ def render_heatmap(
     overlay: np.ndarray | None = None,
     alpha: float = 0.5,
 ) -> bytes:
+    """`heatmap_image` as PNG."""
+    ok, png = cv2.imencode(".png", heatmap_image(errors, frame_size, reference, overlay, alpha))
+    if not ok:  # pragma: no cover - imencode of a uint8 BGR image does not fail
+        raise RuntimeError("PNG encoding failed")
+    return png.tobytes()
+
+
+def heatmap_image(
+    errors: np.ndarray,
+    frame_size: tuple[int, int],
+    reference: float,
+    overlay: np.ndarray | None = None,
+    alpha: float = 0.5,
+) -> np.ndarray:
     """errors (S, S) float; frame_size (W, H); reference: the E² value shown at full colour.
-    overlay: the frame, at frame_size or smaller (a kept, downscaled frame: scaled up to frame_size)."""
+    overlay: the frame, at frame_size or smaller (a kept, downscaled frame: scaled up to frame_size).
+    Returns uint8 BGR (H, W, 3)."""
     width, height = frame_size
     resized = cv2.resize(errors.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
     level = np.clip(resized / max(reference, 1e-12), 0.0, 1.0)
@@ -87,10 +102,7 @@ def render_heatmap(
         if background.shape[:2] != (height, width):
             background = cv2.resize(background, (width, height), interpolation=cv2.INTER_LINEAR)
         colour = cv2.addWeighted(background, 1.0 - alpha, colour, alpha, 0.0)
-    ok, png = cv2.imencode(".png", colour)
-    if not ok:  # pragma: no cover - imencode of a uint8 BGR image does not fail
-        raise RuntimeError("PNG encoding failed")
-    return png.tobytes()
+    return colour
 
 
 def reference_level(errors: np.ndarray, scale: HeatmapScale, threshold_score: float) -> float:

@@ -10,11 +10,12 @@ from typing import Any, Literal
 import uvicorn
 from fastapi import FastAPI
 
-from .api import deps, errors, frames, health, ingest, metrics, models, score, streams, ws
+from .api import deps, errors, events, frames, health, ingest, metrics, models, score, streams, ws
 from .api.guard import RequestGuard
 from .api.schemas import FrameResultOut
 from .context import ServiceContext
 from .domain import FrameResult
+from .notify.payload import payload_json
 from .settings import Settings
 from .streams import SourceFactory
 
@@ -38,7 +39,7 @@ def create_app(settings: Settings, source_factory: SourceFactory | None | Litera
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        context = ServiceContext(settings, _serialize, factory)
+        context = ServiceContext(settings, _serialize, factory, serialize_event=payload_json)
         await context.start()
         app.state.service = context
         try:
@@ -60,6 +61,8 @@ def create_app(settings: Settings, source_factory: SourceFactory | None | Litera
     app.add_middleware(RequestGuard, settings=settings)  # token and body size, before any body is read
     for module in (streams, frames, ingest, score, models, ws, health, metrics):
         app.include_router(module.router)
+    app.include_router(events.authorized)
+    app.include_router(events.router)
     install_openapi(app, settings)
     return app
 

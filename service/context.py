@@ -17,7 +17,10 @@ from . import autotune
 from .autotune import AutoTuner
 from .calibration import CalibrationPolicy, CalibrationStore
 from .domain import DropReason, FrameResult
+from .events import EventEngine, EventMedia, EventParams
+from .eventtypes import ChangeKind, EventChange
 from .infer import FrameQueue, InferenceWorker
+from .media import MediaWriter
 from .metrics import ServiceMetrics
 from .models import ModelRegistry, ModelSlot
 from .publish import ScoreHub
@@ -39,11 +42,28 @@ class ServiceContext:
         settings: Settings,
         serialize: Callable[[FrameResult], str],
         source_factory: SourceFactory | None = None,
+        serialize_event: Callable[[EventChange], str] | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = ServiceMetrics()
         publish = settings.publish
         self.hub = ScoreHub(publish.websocket_queue_size, publish.websocket_stuck_seconds, serialize, self.metrics)
+        # WS /v1/events: event changes (start, update, end) as they happen.
+        self.event_hub = ScoreHub(publish.websocket_queue_size, publish.websocket_stuck_seconds,
+                                  serialize_event or (lambda change: change.event.id), self.metrics,
+                                  stream_of=lambda change: change.event.stream_id)
+        e = settings.events
+        self.event_defaults = EventParams(
+            min_frames=e.event_min_frames, hysteresis=e.event_hysteresis, release_frames=e.event_release_frames,
+            cooldown_seconds=e.event_cooldown_seconds, max_seconds=e.event_max_seconds,
+            pre_roll_seconds=e.event_pre_roll_seconds, clip_max_seconds=e.event_clip_max_seconds,
+        )
+        self.events = EventEngine(self.event_defaults, e.event_frame_memory_bytes, self._event_changed)
+        self.media_dir = settings.scenes.data_dir / "media"
+        self.media = MediaWriter(self.media_dir, self._dispatch_event)
+        self.store = None  # the event store (service/store), opened in start()
+        self.store_error: str | None = None
+        self.retention = None  # service.store.RetentionWorker
         self.source_factory = source_factory
         self.runtime: ModelRuntime | None = None  # the default model's
         self.default: ModelSlot | None = None  # the default model's pipeline
@@ -123,6 +143,7 @@ class ServiceContext:
             max_gap_seconds=self.settings.streams.max_gap_seconds,
             source_factory=self.source_factory,
             readiness=self.not_ready_reason,
+            events=self.events,
         )
 
     def not_ready_reason(self) -> str | None:
@@ -139,6 +160,9 @@ class ServiceContext:
     async def start(self) -> None:
         s = self.settings.model
         self.hub.bind(asyncio.get_running_loop())
+        self.event_hub.bind(asyncio.get_running_loop())
+        self.media.start()
+        await run_in_threadpool(self._open_store)
         if s.torch_threads:
             torch.set_num_threads(s.torch_threads)
         try:
@@ -163,6 +187,13 @@ class ServiceContext:
         self.metrics.live.stream_states = self.manager.state_counts
         self.metrics.live.stream_scoring = self.manager.scoring_gauges
         self.metrics.live.model_states = lambda: {m.name: m.status for m in self.models.infos()}
+        self.metrics.live.open_events = self.events.open_count
+        self.metrics.live.event_frame_memory_bytes = self.events.frame_memory_bytes_used
+        self.metrics.live.latest_scores = self.manager.latest_scores
+        self.metrics.live.external["vad_event_media_failures"] = (
+            "Ended events whose snapshot or clip could not be written (e.g. a full disk); the event is kept",
+            "counter", (), lambda: {(): self.media.failed + self.media.skipped},
+        )
         if rt is None:
             self.metrics.model.info({"weights": s.weights.name, "loaded": "false"})
             return
@@ -195,12 +226,19 @@ class ServiceContext:
         if self.autotuner is not None:  # first: it switches nothing once stopping, and holds no frame
             await run_in_threadpool(self.autotuner.stop)
         self.hub.close_all()
-        await run_in_threadpool(self.manager.close)  # live sources' stop() may block briefly
+        self.event_hub.close_all()
+        await run_in_threadpool(self.manager.close)  # live sources' stop() may block briefly; open events end
         for slot in self.models.slots():
             self.manager.drop_jobs(slot.queue.close(), DropReason.SHUTDOWN)
         for slot in self.models.slots():
             if slot.worker is not None:
                 await run_in_threadpool(slot.worker.stop)
+        self.events.close_all()  # frames scored after the streams closed opened nothing; to be sure
+        await run_in_threadpool(self.media.stop)  # the media of events that ended at shutdown
+        if self.store is not None:
+            if self.retention is not None:
+                await run_in_threadpool(self.retention.stop)
+            await run_in_threadpool(self.store.close)
 
     def _publish_model_info(self) -> None:
         """vad_model_info: the weights, and the backend running now (it changes when the autotune switches)."""
@@ -247,3 +285,54 @@ class ServiceContext:
     def _stream_deleted(self, stream_id: str) -> None:
         self.hub.close_stream(stream_id)
         self.metrics.forget_stream(stream_id)
+
+    # --- events ---------------------------------------------------------------------------------------
+    def _open_store(self) -> None:
+        """The event database (migrations applied) and its retention worker. A database that cannot be
+        opened leaves the service scoring, without events storage: /readyz and GET /v1/events say why."""
+        from .store import EventStore, RetentionWorker, StoreError
+
+        e = self.settings.events
+        try:
+            self.store = EventStore.from_settings(self.settings)
+        except StoreError as exc:
+            self.store_error = str(exc)
+            log.error("events are not stored: %s", exc)
+            return
+        self.retention = RetentionWorker(self.store, max_age_s=e.event_retention_days * 86400,
+                                         max_bytes=e.event_retention_bytes)
+        self.retention.start()
+        store = self.store
+        self.metrics.live.external.update({
+            "vad_event_store_queue": ("Event changes waiting for the database", "gauge", (),
+                                      lambda: {(): store.queued()}),
+            "vad_event_store_dropped": ("Event changes dropped because the write queue was full (oldest first)",
+                                        "counter", (), lambda: {(): store.dropped}),
+            "vad_event_store_up": ("1 while the event database answers", "gauge", (),
+                                   lambda: {(): float(store.database_up)}),
+            "vad_outbox_depth": ("Notifications not delivered yet", "gauge", (), lambda: {(): store.depth()}),
+        })
+
+    def _event_changed(self, change: EventChange, media: EventMedia | None) -> None:
+        """From the events stage (inference worker): an ended event first gets its media written."""
+        event = change.event
+        if change.kind == ChangeKind.START:
+            self.metrics.events_opened.labels(event.stream_id).inc()
+        elif change.kind == ChangeKind.END:
+            self.metrics.events_closed.labels(event.stream_id, event.end_reason or "").inc()
+            if event.duration_s is not None:
+                self.metrics.event_duration.observe(event.duration_s)
+        if change.kind == ChangeKind.END and media is not None:
+            self.media.submit(change, media)
+        else:
+            self._dispatch_event(change)
+
+    def _dispatch_event(self, change: EventChange) -> None:
+        """Store (with its notifications) and publish an event change. Any thread; never blocks."""
+        if self.store is not None:
+            self.store.submit(change, self.notifications(change))
+        self.event_hub.publish(change)
+
+    def notifications(self, change: EventChange) -> list[tuple[str, str]]:
+        """(receiver, payload) pairs for the outbox; none until notifiers are configured."""
+        return []

@@ -93,6 +93,8 @@ class StreamInfo:
     last_result: FrameResult | None
     model: str = ""
     scoring: object | None = None  # service.score.ScoringView (None before the model is known)
+    events: object | None = None  # service.events.EventParams
+    open_event: str | None = None
 
 
 class ServiceError(Exception):
@@ -125,6 +127,10 @@ class UnknownModel(ServiceError):
 
 class ModelUnavailable(ServiceError):
     """A model in the folder that cannot be loaded (a corrupt file, another error)."""
+
+
+class MediaNotAvailable(ServiceError):
+    """An event's snapshot or clip that was not (or not yet) written, or was deleted."""
 
 
 class Conflict(ServiceError):

@@ -176,6 +176,10 @@ class EventEngine:
             state = self._streams.get(stream_id)
             return state.open.record if state is not None and state.open is not None else None
 
+    def open_count(self) -> int:
+        with self._lock:
+            return sum(1 for s in self._streams.values() if s.open is not None)
+
     def frame_memory_bytes_used(self) -> int:
         with self._lock:
             return sum(s.memory.bytes for s in self._streams.values())

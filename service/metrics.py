@@ -20,10 +20,11 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from .domain import DropReason, StreamState
+from .eventtypes import EndReason
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256)
@@ -46,6 +47,12 @@ class _LiveGauges(Collector):
         # stream id -> (out-of-domain warning on, calibration learning progress 0..1 or 1 when not learning)
         self.stream_scoring: Callable[[], Mapping[str, tuple[bool, float]]] = lambda: {}
         self.model_states: Callable[[], Mapping[str, str]] = lambda: {}  # model name -> status
+        self.open_events: Callable[[], int] = lambda: 0
+        self.event_frame_memory_bytes: Callable[[], int] = lambda: 0
+        self.latest_scores: Callable[[], Mapping[str, float]] = lambda: {}  # stream id -> last smoothed z
+        # Values counted by components that import no prometheus_client (store, notifiers, media writer):
+        # name -> (help, type "counter"|"gauge", label names, callable returning {label values: value}).
+        self.external: dict[str, tuple[str, str, tuple[str, ...], Callable[[], Mapping[tuple[str, ...], float]]]] = {}
 
     def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily(
@@ -84,6 +91,21 @@ class _LiveGauges(Collector):
         for status in ("available", "loaded", "error", "removed"):
             models.add_metric([status], statuses.count(status))
         yield models
+        yield GaugeMetricFamily("vad_events_open", "Events open now (all streams)", value=self.open_events())
+        yield GaugeMetricFamily(
+            "vad_event_frame_memory_bytes", "Bytes of recent frames kept for event clips, all streams",
+            value=self.event_frame_memory_bytes(),
+        )
+        latest = GaugeMetricFamily("vad_stream_smoothed_score", "Latest smoothed z-score of a stream",
+                                   labels=["stream"])
+        for stream, value in sorted(self.latest_scores().items()):
+            latest.add_metric([stream], value)
+        yield latest
+        for name, (help_text, kind, labels, read) in self.external.items():
+            family = (CounterMetricFamily if kind == "counter" else GaugeMetricFamily)(name, help_text, labels=labels)
+            for label_values, value in sorted(read().items()):
+                family.add_metric(list(label_values), value)
+            yield family
         yield GaugeMetricFamily(
             "vad_heatmap_history_bytes", "Bytes of scored frames kept for /heatmap, all streams",
             value=self.heatmap_history_bytes(),
@@ -158,6 +180,14 @@ class ServiceMetrics:
             "vad_backend_switches", "Backend changes while serving (backend auto: the background autotune found a "
             "faster backend that passed parity)", registry=r,
         )
+        self.events_opened = Counter("vad_events_opened", "Anomaly events opened", ["stream"], registry=r)
+        self.events_closed = Counter(
+            "vad_events_closed", "Anomaly events closed, by end reason", ["stream", "reason"], registry=r
+        )
+        self.event_duration = Histogram(
+            "vad_event_duration_seconds", "Duration of closed events", registry=r,
+            buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600),
+        )
         self.live = _LiveGauges()
         r.register(self.live)
         ProcessCollector(registry=r)
@@ -180,7 +210,7 @@ class ServiceMetrics:
     def forget_stream(self, stream: str) -> None:
         """Remove a deleted stream's label sets."""
         for counter in (self.frames_received, self.frames_warming, self.frames_scored, self.anomalies,
-                        self.source_reconnects, self.source_stalls):
+                        self.source_reconnects, self.source_stalls, self.events_opened):
             with contextlib.suppress(KeyError):
                 counter.remove(stream)
         with self._lock:
@@ -188,6 +218,9 @@ class ServiceMetrics:
         for reason in reasons:
             with contextlib.suppress(KeyError):
                 self.frames_dropped.remove(stream, reason)
+        for end_reason in EndReason:
+            with contextlib.suppress(KeyError):
+                self.events_closed.remove(stream, end_reason)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -19,6 +19,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
@@ -56,16 +57,21 @@ class _Client:
 
 
 class ScoreHub:
+    """Fans FrameResults out (the score feeds); with `stream_of`, any message that belongs to a stream
+    (the event feed publishes EventChange values)."""
+
     def __init__(
         self,
         queue_size: int,
         stuck_seconds: float,
-        serialize: Callable[[FrameResult], str],
+        serialize: Callable[[Any], str],
         metrics: ServiceMetrics,
+        stream_of: Callable[[Any], str | None] = lambda result: result.stream_id,
     ) -> None:
         self.queue_size = queue_size
         self.stuck_seconds = stuck_seconds
         self.serialize = serialize
+        self.stream_of = stream_of
         self.metrics = metrics
         self._clients: set[_Client] = set()
         self._serving = 0  # serve() calls not finished yet (their close frame may still be on its way)
@@ -79,7 +85,7 @@ class ScoreHub:
         return len(self._clients)
 
     # --- called from any thread -------------------------------------------------------------
-    def publish(self, result: FrameResult) -> None:
+    def publish(self, result: FrameResult | Any) -> None:
         if self._clients and self._loop is not None and not self._loop.is_closed():
             with contextlib.suppress(RuntimeError):  # loop closing during shutdown
                 self._loop.call_soon_threadsafe(self._dispatch, result)
@@ -91,10 +97,11 @@ class ScoreHub:
                 self._loop.call_soon_threadsafe(self._close_stream, stream_id)
 
     # --- event loop only --------------------------------------------------------------------
-    def _dispatch(self, result: FrameResult) -> None:
+    def _dispatch(self, result: FrameResult | Any) -> None:
         text: str | None = None
+        stream_id = self.stream_of(result)
         for client in self._clients:
-            if client.close_with is None and client.stream_id in (None, result.stream_id):
+            if client.close_with is None and client.stream_id in (None, stream_id):
                 text = text or self.serialize(result)
                 if client.offer(text):
                     self.metrics.websocket_dropped.inc()

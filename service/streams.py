@@ -36,6 +36,7 @@ from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import cv2
 import numpy as np
 
 from model.backends import ClipScores
@@ -63,7 +64,8 @@ from .domain import (
     StreamState,
     UnsupportedSource,
 )
-from .heatmap import KeptFrame, keep_frame
+from .events import EventEngine, EventParams
+from .heatmap import JPEG_QUALITY, KeptFrame, keep_frame
 from .history import HeatmapHistory, HeatmapRecord
 from .infer import Job
 from .metrics import ServiceMetrics
@@ -115,6 +117,7 @@ class ScoringRequest:
 
     model: str | None = None  # None: the default model
     threshold: float | None = None  # None: the model's
+    events: EventParams | None = None  # None: the service's defaults
     calibration: CalibrationChoice | None = None  # None: the service's default mode
     ignore_regions: tuple[tuple[tuple[float, float], ...], ...] | list = ()
 
@@ -140,12 +143,15 @@ class _Stream:
     live: StreamSource | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def info(self) -> StreamInfo:
+    def info(self, events: EventEngine | None = None) -> StreamInfo:
+        open_event = events.open_event(self.id) if events is not None else None
         return StreamInfo(
             id=self.id, name=self.name, source=self.source, state=self.state, state_reason=self.state_reason,
             created_at=self.created_at, frames_received=self.received, frames_warming=self.warming,
             frames_scored=self.scored, frames_dropped=self.dropped, frames_pending=self.pending,
             last_result=self.last_result, model=self.slot.name, scoring=self.slot.scorer.view(self.id),
+            events=events.params(self.id) if events is not None else None,
+            open_event=open_event.id if open_event is not None else None,
         )
 
 
@@ -182,11 +188,13 @@ class StreamManager:
         readiness: Callable[[], str | None] = lambda: None,
         calibration_store: CalibrationStore | None = None,
         default_calibration: str = CalibrationMode.AUTO,
+        events: EventEngine | None = None,
     ) -> None:
         self.acquire = acquire  # model name -> its loaded pipeline (UnknownModel, ModelUnavailable)
         self.default_slot = default_slot
         self.calibration_store = calibration_store or CalibrationStore(None)
         self.default_calibration = CalibrationMode(default_calibration)
+        self.events = events  # the events stage, after scoring (None: no events)
         self.metrics = metrics
         self.publish = publish
         self.on_stream_deleted = on_stream_deleted
@@ -233,6 +241,8 @@ class StreamManager:
                 ring=FrameRing(slot.config.frames), slot=slot,
             )
             self._configure_scoring(stream, scoring.calibration, scoring.threshold, regions)
+            if self.events is not None:
+                self.events.add_stream(stream_id, stream.name, slot.name, scoring.events)
             self._streams[stream_id] = stream
             if name:
                 self._named.add(name)
@@ -249,7 +259,7 @@ class StreamManager:
                 raise
         log.info("stream %s (%s) created, source %s, model %s", stream_id, stream.name, stream.source, slot.name)
         with stream.lock:
-            return stream.info()
+            return stream.info(self.events)
 
     def _configure_scoring(
         self, stream: _Stream, choice: CalibrationChoice | None, threshold: float | None, regions: IgnoreRegions
@@ -295,9 +305,11 @@ class StreamManager:
                 raise Conflict("a stream's name keys its learned calibration; create a new stream to rename it")
             if "threshold" in changes:
                 scorer.set_threshold(stream_id, changes["threshold"])
+            if "events" in changes and self.events is not None:
+                self.events.set_params(stream_id, changes["events"])
             if regions is not None:
                 scorer.set_regions(stream_id, regions)
-            return stream.info()
+            return stream.info(self.events)
 
     def relearn_calibration(self, stream_id: str) -> StreamInfo:
         stream = self._get(stream_id)
@@ -317,7 +329,7 @@ class StreamManager:
     def get(self, stream_id: str) -> StreamInfo:
         stream = self._get(stream_id)
         with stream.lock:
-            return stream.info()
+            return stream.info(self.events)
 
     def list(self) -> list[StreamInfo]:
         with self._lock:
@@ -325,7 +337,7 @@ class StreamManager:
         result = []
         for stream in streams:
             with stream.lock:
-                result.append(stream.info())
+                result.append(stream.info(self.events))
         return sorted(result, key=lambda s: s.created_at)
 
     def delete(self, stream_id: str) -> StreamInfo:
@@ -342,7 +354,7 @@ class StreamManager:
         for job in stream.slot.queue.remove_stream(stream_id):
             self._finish_dropped(stream, job, DropReason.STREAM_DELETED)
         with stream.lock:
-            info = stream.info()
+            info = stream.info(self.events)
         log.info("stream %s deleted after %d frames", stream_id, info.frames_received)
         return info
 
@@ -357,6 +369,17 @@ class StreamManager:
                 gauges[stream.id] = (bool(view.domain_z is not None and view.domain_z > view.domain_limit),
                                      view.calibration.progress)
         return gauges
+
+    def latest_scores(self) -> dict[str, float]:
+        """stream id -> its last smoothed z-score (for the metrics)."""
+        with self._lock:
+            streams = list(self._streams.values())
+        scores = {}
+        for stream in streams:
+            last = stream.last_result
+            if last is not None and last.smoothed_score is not None:
+                scores[stream.id] = last.smoothed_score
+        return scores
 
     def state_counts(self) -> dict[str, int]:
         with self._lock:
@@ -379,6 +402,8 @@ class StreamManager:
                     stream.live.stop()
                 except Exception:
                     log.exception("stream %s: source did not stop cleanly", stream.id)
+        if self.events is not None:
+            self.events.close_all()  # open events end ("shutdown")
 
     # --- producer interface (see module docstring) ---------------------------------------------
     def submit(
@@ -541,6 +566,7 @@ class StreamManager:
             _resolve(job.future, ClipOutcome(result, scored.errors))
             return
         if stream is not None:
+            kept = None
             with stream.lock:
                 stream.pending -= 1
                 stream.scored += 1
@@ -559,6 +585,9 @@ class StreamManager:
                 self.metrics.frames_scored.labels(job.stream_id).inc()
                 if result.is_anomaly:
                     self.metrics.anomalies.labels(job.stream_id).inc()
+                if self.events is not None and kept is not None:
+                    jpeg = clip_jpeg(kept) if self.events.frame_memory_bytes > 0 else None
+                    self.events.observe(result, job.epoch, scored.errors, kept, jpeg)
         self.metrics.frame_latency.observe(result.latency_ms / 1000)
         self.publish(result)
         _resolve(job.future, result)
@@ -624,6 +653,8 @@ class StreamManager:
             stream.state = StreamState.STOPPED
         self.history.forget(stream_id)  # after closing: no scored frame is added to it any more
         stream.slot.scorer.forget(stream_id)
+        if self.events is not None:
+            self.events.remove_stream(stream_id)  # an open event ends ("stream_deleted")
         self.on_stream_deleted(stream_id)
         return stream
 
@@ -674,6 +705,16 @@ class StreamSink:
         if state in self.FORWARDED_STATES:
             with contextlib.suppress(StreamNotFound):  # e.g. the final "failed" after DELETE removed it
                 self.manager.set_state(self.stream_id, StreamState(state), reason)
+
+
+def clip_jpeg(kept: KeptFrame) -> bytes:
+    """A kept frame as JPEG for event clips (kept frames above the raw-size cap already are JPEG)."""
+    if kept.encoded:
+        return kept.data.tobytes()
+    ok, data = cv2.imencode(".jpg", kept.data, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:  # pragma: no cover - a uint8 image always encodes
+        raise InvalidImage("the frame could not be encoded for the event clip")
+    return data.tobytes()
 
 
 def _check_frame(frame: np.ndarray) -> None:

@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from .. import domain as d
+from ..store.errors import StoreError
 from .deps import get_context
 from .schemas import ErrorOut
 
@@ -25,6 +26,7 @@ STATUS: dict[type[d.ServiceError], int] = {
     d.Unauthorized: 401,
     d.StreamNotFound: 404,
     d.HeatmapNotAvailable: 404,
+    d.MediaNotAvailable: 404,
     d.UploadTimeout: 408,
     d.StreamClosed: 409,
     d.Conflict: 409,
@@ -187,8 +189,21 @@ async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": "internal error; the server log has the details"}, status_code=500)
 
 
+# The event store's errors (service/store/errors.py), by class name: the store imports nothing of the API.
+STORE_STATUS = {"EventNotFound": 404, "InvalidQuery": 422, "StoreUnavailable": 503}
+
+
+async def store_error(request: Request, exc: Exception) -> JSONResponse:
+    status = next((STORE_STATUS[c.__name__] for c in type(exc).__mro__ if c.__name__ in STORE_STATUS), 500)
+    if status == 500:
+        return await unexpected_error(request, exc)
+    headers = {"Retry-After": "5"} if status == 503 else {}
+    return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
+
+
 def install(app: FastAPI) -> None:
     app.add_exception_handler(d.ServiceError, service_error)
+    app.add_exception_handler(StoreError, store_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(ClientDisconnect, client_gone)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -11,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, field_validator
 
 from ..calibration import CalibrationChoice, CalibrationMode, CalibrationView
 from ..domain import FrameResult, FrameStatus, StreamInfo, StreamState
+from ..events import EventParams
+from ..eventtypes import EventRecord
 from ..models import ModelInfo
 from ..regions import MAX_POINTS, MAX_REGIONS
 from ..score import ScoringView
@@ -56,6 +59,22 @@ Threshold = Annotated[
 ]
 
 
+class EventParamsIn(BaseModel):
+    """A stream's event parameters; the fields not given keep the service's defaults (VAD_EVENT_*)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_frames: int | None = Field(None, ge=1, le=10_000)
+    hysteresis: FiniteFloat | None = Field(None, ge=0, le=100)
+    release_frames: int | None = Field(None, ge=1, le=100_000)
+    cooldown_seconds: FiniteFloat | None = Field(None, ge=0, le=86_400)
+    max_seconds: FiniteFloat | None = Field(None, gt=0, le=86_400)
+    pre_roll_seconds: FiniteFloat | None = Field(None, ge=0, le=60)
+
+    def over(self, base: EventParams) -> EventParams:
+        return replace(base, **{k: v for k, v in self.model_dump().items() if v is not None})
+
+
 class FixedCalibration(BaseModel):
     """Fixed statistics of the log patch score on normal frames: z = (log score - mu) / sigma."""
 
@@ -91,6 +110,7 @@ class CreateStream(BaseModel):
     threshold: Threshold | None = None
     calibration: CalibrationIn | None = None
     ignore_regions: IgnoreRegionsIn = Field(default_factory=list)
+    events: EventParamsIn | None = Field(None, description="when its events open and close (default: VAD_EVENT_*)")
 
     @field_validator("options")
     @classmethod
@@ -118,6 +138,7 @@ class UpdateStream(BaseModel):
 
     threshold: Threshold | None = None
     ignore_regions: IgnoreRegionsIn | None = None
+    events: EventParamsIn | None = Field(None, description="the fields given change; the others stay")
 
     def changes(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.model_fields_set}
@@ -223,6 +244,8 @@ class StreamOut(BaseModel):
         None, description="median distance of the recent frames from the model's scene (background z)"
     )
     warnings: list[str] = Field(default_factory=list, description="e.g. out of domain, with the fix")
+    events: dict[str, float] | None = Field(None, description="its event parameters")
+    open_event: str | None = Field(None, description="the id of its open event, if any")
 
     @classmethod
     def from_domain(cls, s: StreamInfo) -> StreamOut:
@@ -240,6 +263,8 @@ class StreamOut(BaseModel):
             ignore_regions=view.regions.as_lists() if view else [],
             domain_z=round(view.domain_z, 3) if view and view.domain_z is not None else None,
             warnings=list(view.warnings) if view else [],
+            events=asdict(s.events) if s.events is not None else None,
+            open_event=s.open_event,
         )
 
 
@@ -313,3 +338,72 @@ class ReadyOut(BaseModel):
         default_factory=dict, description="models of the models folder that cannot be used, and why (the "
         "others, and the default model, are not affected)",
     )
+
+
+class BoxOut(BaseModel):
+    x: int
+    y: int
+    w: int
+    h: int
+
+
+class EventOut(BaseModel):
+    """One anomaly event (see docs/events.md)."""
+
+    id: str
+    stream_id: str
+    stream_name: str
+    model: str
+    open: bool = Field(description="still going on (no end yet)")
+    started_at: datetime
+    ended_at: datetime | None
+    duration_s: float | None
+    start_frame: int
+    end_frame: int | None
+    peak_score: float = Field(description="highest smoothed z-score")
+    peak_frame: int
+    peak_at: datetime
+    box: BoxOut | None = Field(description="union of the top windows of its frames at or above the threshold")
+    frames_above: int = Field(description="scored frames at or above the threshold")
+    threshold: float
+    end_reason: Literal["released", "max_duration", "buffer_reset", "stream_deleted", "shutdown"] | None
+    label: Literal["true_alarm", "false_alarm"] | None
+    note: str | None
+    snapshot_url: str | None = Field(description="the peak frame with the heatmap and the box (JPEG)")
+    clean_snapshot_url: str | None
+    clip_url: str | None = Field(description="H.264 MP4 from the pre-roll to the end; supports HTTP ranges")
+    media_error: str | None = Field(description="why a snapshot or clip is missing")
+
+    @classmethod
+    def from_domain(cls, e: EventRecord) -> EventOut:
+        def when(t: float | None) -> datetime | None:
+            return None if t is None else datetime.fromtimestamp(t, UTC)
+
+        base = f"/v1/events/{e.id}"
+        return cls(
+            id=e.id, stream_id=e.stream_id, stream_name=e.stream_name, model=e.model, open=e.open,
+            started_at=when(e.started_at), ended_at=when(e.ended_at),
+            duration_s=None if e.duration_s is None else round(e.duration_s, 3), start_frame=e.start_frame,
+            end_frame=e.end_frame, peak_score=e.peak_score, peak_frame=e.peak_frame, peak_at=when(e.peak_at),
+            box=BoxOut(x=e.box.x, y=e.box.y, w=e.box.w, h=e.box.h) if e.box else None,
+            frames_above=e.frames_above, threshold=e.threshold,
+            end_reason=e.end_reason.value if e.end_reason else None, label=e.label.value if e.label else None,
+            note=e.note, snapshot_url=f"{base}/snapshot.jpg" if e.snapshot_path else None,
+            clean_snapshot_url=f"{base}/snapshot.jpg?clean=true" if e.clean_snapshot_path else None,
+            clip_url=f"{base}/clip.mp4" if e.clip_path else None, media_error=e.media_error,
+        )
+
+
+class EventList(BaseModel):
+    data: list[EventOut]
+    count: int
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next (older) page; null on the last")
+
+
+class UpdateEvent(BaseModel):
+    """The fields given change; `"label": null` removes the label."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    label: Literal["true_alarm", "false_alarm"] | None = None
+    note: str | None = Field(None, max_length=2000)

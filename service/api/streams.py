@@ -43,6 +43,7 @@ async def create_stream(body: CreateStream, request: Request, context: Context) 
     scoring = ScoringRequest(
         model=body.model, threshold=body.threshold, calibration=body.calibration_choice(),
         ignore_regions=body.ignore_regions,
+        events=body.events.over(context.event_defaults) if body.events is not None else None,
     )
     # The model may load on first use, and a live source's start() may open a connection: off the loop.
     info = await run_in_threadpool(context.manager.create, body.source, body.name, body.source_options(), scoring)
@@ -77,9 +78,16 @@ async def delete_stream(stream_id: str, context: Context) -> StreamOut:
     }),
 )
 async def update_stream(stream_id: str, body: UpdateStream, request: Request, context: Context) -> StreamOut:
-    """Change the threshold (`null`: the model's again) or the ignore regions (`[]`: none) from the next frame."""
+    """Change the threshold (`null`: the model's again), the ignore regions (`[]`: none) or event parameters
+    (the fields given) from the next frame."""
     require_utf8(await request.body())
-    return StreamOut.from_domain(context.manager.update(stream_id, body.changes()))
+    changes = body.changes()
+    if changes.get("events") is not None:
+        current = context.events.params(stream_id) or context.event_defaults
+        changes["events"] = body.events.over(current)
+    else:
+        changes.pop("events", None)
+    return StreamOut.from_domain(context.manager.update(stream_id, changes))
 
 
 @router.get("/{stream_id}/calibration", response_model=CalibrationOut, responses=NOT_FOUND)

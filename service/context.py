@@ -287,6 +287,13 @@ class ServiceContext:
         self.metrics.forget_stream(stream_id)
 
     # --- events ---------------------------------------------------------------------------------------
+    def event_store_status(self) -> str:
+        if self.store is None:
+            return f"not open: {self.store_error or 'starting'}"
+        if not self.store.database_up:
+            return f"database unreachable; {self.store.queued()} event changes wait in memory"
+        return "ok"
+
     def _open_store(self) -> None:
         """The event database (migrations applied) and its retention worker. A database that cannot be
         opened leaves the service scoring, without events storage: /readyz and GET /v1/events say why."""

@@ -40,4 +40,5 @@ async def readyz(context: Context, response: Response) -> ReadyOut:
         calibration=rt.calibration_source if rt else None,
         config=json.loads(rt.config.to_json()) if rt else None,
         model_errors=context.models.errors(),
+        event_store=context.event_store_status(),
     )

@@ -338,6 +338,10 @@ class ReadyOut(BaseModel):
         default_factory=dict, description="models of the models folder that cannot be used, and why (the "
         "others, and the default model, are not affected)",
     )
+    event_store: str = Field(
+        "ok", description="ok, or why events are not stored now (scoring goes on: events wait in memory while "
+        "the database is unreachable)",
+    )
 
 
 class BoxOut(BaseModel):

@@ -101,7 +101,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # WAL: readers (the API) never block the writer thread and the other way round.
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes; WAL keeps it consistent
-    cursor.execute("PRAGMA busy_timeout=5000")
+    # The busy timeout is sqlite3's `timeout` connect argument (statement_timeout_s), set in create_engine.
     cursor.close()
 
 

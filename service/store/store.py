@@ -522,6 +522,7 @@ class EventStore:
             raise ValueError(f"max_bytes must be a whole number of bytes >= 0, not {max_bytes!r}")
         now = time.time() if now is None else now
         cutoff = now - max_age_s
+        self._await_writes()  # an old event whose change is still queued is deleted too, not written after
         result = {"deleted_by_age": 0, "deleted_by_bytes": 0, "freed_bytes": 0, "files_deleted": 0,
                   "orphan_files_deleted": 0, "outbox_pruned": 0}
 
@@ -607,6 +608,7 @@ class EventStore:
         change_id = uuid.uuid4().hex
         rows = [_outbox_row(change_id, str(r), event_id, kind, str(payload), now) for r in receivers]
         if rows:
+            self._await_writes()  # after the notifications submitted before it, as ids order delivery
             self._write_now(lambda conn: conn.execute(OUTBOX.insert().values(rows)))
 
     def due(self, receiver_prefix: str, now: float, limit: int) -> builtins.list[Notification]:

@@ -427,6 +427,29 @@ def test_outbox_rows_of_a_retried_change_are_written_once(backend: Backend) -> N
     assert store.depth() == 3 and store.write_errors == 0
 
 
+def test_store_implements_the_outbox_protocol() -> None:
+    import inspect
+
+    from service.eventtypes import Outbox
+
+    for name in ("enqueue", "due", "delivered", "failed", "depth"):
+        wanted = list(inspect.signature(getattr(Outbox, name)).parameters)
+        assert list(inspect.signature(getattr(EventStore, name)).parameters) == wanted, name
+
+
+def test_a_change_the_database_refuses_is_skipped_and_counted(backend: Backend, caplog: pytest.LogCaptureFixture) -> None:
+    store = backend.open()
+    bad = end(make_event(2), end_reason="exploded")  # not an EndReason: cannot be stored
+    store.submit(start(make_event(1)))
+    store.submit(bad, [("mqtt", "bad")])
+    store.submit(start(make_event(3)), [("mqtt", "good")])
+    assert store.flush()
+    assert store.write_errors == 1 and store.written == 2 and store.database_up
+    assert [r.id for r in store.list(EventQuery())[0]] == [make_event(3).id, make_event(1).id]
+    assert [n.payload for n in store.due("mqtt", time.time(), 10)] == ["good"]
+    assert any("not written" in r.getMessage() for r in caplog.records)
+
+
 # --- restart and migrations ----------------------------------------------------------------------
 
 

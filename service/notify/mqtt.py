@@ -134,6 +134,7 @@ class MqttNotifier:
         self.last_error: str | None = None  # why the broker is not connected (redacted), None when connected
         self._connected = threading.Event()
         self._resync = threading.Event()  # set on connect: publish the known states again
+        self._first_try = threading.Event()  # the first connection attempt ended (either way)
         self._lock = threading.Lock()
         self._announced: set[str] = set()  # streams whose discovery config went out on this connection
         self._states: dict[str, tuple[tuple[float, int], str, str]] = {}  # stream -> (order, ON/OFF, name)
@@ -254,6 +255,7 @@ class MqttNotifier:
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         if getattr(reason, "is_failure", False):
             self._set_error(f"broker refused the connection: {reason}", level=logging.ERROR)
+            self._first_try.set()
             return
         client.publish(self.status_topic, "online", qos=1, retain=True)  # no wait: never block this thread
         with self._lock:
@@ -262,11 +264,13 @@ class MqttNotifier:
         self._logged_error = None
         self._connected.set()
         self._resync.set()
+        self._first_try.set()
         self._wake.set()
         log.info("MQTT: connected to %s", self.broker)
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         self._set_error(f"cannot connect to {self.host}:{self.port} (retrying with backoff)")
+        self._first_try.set()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         was = self._connected.is_set()
@@ -288,6 +292,11 @@ class MqttNotifier:
     # ------------------------------------------------------------------ the worker thread
 
     def _run(self) -> None:
+        # Rows due at start-up wait for the first connection attempt (mqtt_timeout_s at most), so
+        # they do not spend an attempt on "connecting".
+        deadline = time.monotonic() + self.settings.mqtt_timeout_s
+        while not self._stop.is_set() and not self._first_try.is_set() and time.monotonic() < deadline:
+            self._first_try.wait(0.05)
         try:
             while not self._stop.is_set():
                 if self._resync.is_set() and self._connected.is_set():

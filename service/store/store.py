@@ -311,7 +311,12 @@ class EventStore:
                 self.written += count
             else:
                 self.write_errors += count
+            # Up before flush() returns: a caller that saw its changes written sees database_up too.
+            was_down, self.database_up = not self.database_up, True
+            waiting = len(self._queue)
             self._cond.notify_all()
+        if was_down:
+            self._log_back(waiting)
 
     def _requeue_inflight(self) -> None:
         with self._cond:
@@ -362,8 +367,11 @@ class EventStore:
             was_down, self.database_up = not self.database_up, True
             waiting = len(self._queue)
         if was_down:
-            log.warning("event database %s reachable again; %d event changes still queued",
-                        db.shown(self._url), waiting)
+            self._log_back(waiting)
+
+    def _log_back(self, waiting: int) -> None:
+        log.warning("event database %s reachable again; %d event changes still queued",
+                    db.shown(self._url), waiting)
 
     # --- reads (API thread pool) -----------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from .infer import FrameQueue, InferenceWorker
 from .media import MediaWriter
 from .metrics import ServiceMetrics
 from .models import ModelRegistry, ModelSlot
+from .notify.payload import MQTT_RECEIVER, payload_json, receivers, webhook_urls
 from .publish import ScoreHub
 from .runtime import ModelRuntime, load_runtime
 from .score import Scorer
@@ -64,6 +65,8 @@ class ServiceContext:
         self.store = None  # the event store (service/store), opened in start()
         self.store_error: str | None = None
         self.retention = None  # service.store.RetentionWorker
+        self.receivers: list[str] = []  # outbox receiver ids of every event change
+        self.notifiers: list = []  # WebhookNotifier, MqttNotifier
         self.source_factory = source_factory
         self.runtime: ModelRuntime | None = None  # the default model's
         self.default: ModelSlot | None = None  # the default model's pipeline
@@ -163,6 +166,7 @@ class ServiceContext:
         self.event_hub.bind(asyncio.get_running_loop())
         self.media.start()
         await run_in_threadpool(self._open_store)
+        await run_in_threadpool(self._start_notifiers)
         if s.torch_threads:
             torch.set_num_threads(s.torch_threads)
         try:
@@ -235,6 +239,8 @@ class ServiceContext:
                 await run_in_threadpool(slot.worker.stop)
         self.events.close_all()  # frames scored after the streams closed opened nothing; to be sure
         await run_in_threadpool(self.media.stop)  # the media of events that ended at shutdown
+        for notifier in self.notifiers:
+            await run_in_threadpool(notifier.stop)
         if self.store is not None:
             if self.retention is not None:
                 await run_in_threadpool(self.retention.stop)
@@ -341,5 +347,38 @@ class ServiceContext:
         self.event_hub.publish(change)
 
     def notifications(self, change: EventChange) -> list[tuple[str, str]]:
-        """(receiver, payload) pairs for the outbox; none until notifiers are configured."""
-        return []
+        """(receiver, payload) pairs for the outbox: every change, to every configured receiver."""
+        if not self.receivers:
+            return []
+        payload = payload_json(change)
+        return [(receiver, payload) for receiver in self.receivers]
+
+    def _start_notifiers(self) -> None:
+        """Webhooks and MQTT read the store's outbox (durable: a notification survives a restart)."""
+        from .notify.mqtt import MqttNotifier
+        from .notify.webhooks import WebhookNotifier
+
+        n = self.settings.notify
+        self.receivers = receivers(n)
+        if self.store is None:
+            if self.receivers:
+                log.error("notifications are off: the event store is not open (%s)", self.store_error)
+            self.receivers = []
+            return
+        if webhook_urls(n):
+            self.notifiers.append(WebhookNotifier(self.store, n, self.settings.sources).start())
+        if n.mqtt_url.strip():
+            try:
+                self.notifiers.append(MqttNotifier(self.store, n).start())
+            except ValueError as exc:
+                log.error("MQTT notifications are off: %s", exc)
+                self.receivers = [r for r in self.receivers if r != MQTT_RECEIVER]
+        notifiers = self.notifiers
+
+        def outcomes() -> dict[tuple[str, ...], float]:
+            return {(nt.kind, outcome): float(value) for nt in notifiers for outcome, value in nt.counters.counts().items()}
+
+        self.metrics.live.external["vad_notifications"] = (
+            "Notification delivery attempts by receiver kind (webhook, mqtt) and outcome (delivered, failed, "
+            "given_up)", "counter", ("kind", "outcome"), outcomes,
+        )

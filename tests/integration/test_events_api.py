@@ -132,3 +132,50 @@ def test_an_open_event_ends_when_its_stream_is_deleted_and_pages_follow_the_curs
         assert len({e["id"] for e in seen}) == len(seen) >= 4
         starts = [e["started_at"] for e in seen]
         assert starts == sorted(starts, reverse=True)
+
+
+def test_webhooks_and_mqtt_get_every_change_once_across_a_restart(start_server, service_settings, video,
+                                                                  tmp_path) -> None:
+    import paho.mqtt.client as mqtt
+
+    from tests.integration.test_notify import MQTT_PASSWORD, MQTT_USER, Broker, Receiver, wait_for
+
+    broker = Broker(tmp_path)
+    broker.start()
+    messages: list[tuple[str, bytes, bool]] = []
+    subscriber = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    subscriber.username_pw_set(MQTT_USER, MQTT_PASSWORD)
+    subscriber.on_message = lambda client, userdata, m: messages.append((m.topic, m.payload, m.retain))
+    subscriber.connect("127.0.0.1", broker.port)
+    subscriber.subscribe("vad/#", qos=1)
+    subscriber.loop_start()
+    # The receiver fails its first three deliveries; the service is restarted while they are failing.
+    with Receiver(lambda n, path: 500 if n < 3 else 200) as receiver:
+        settings = service_settings(
+            webhook_urls=receiver.url(), webhook_secret="s3cret-hook", webhook_backoff_initial_s=0.2,
+            webhook_backoff_max_s=0.5, allowed_source_networks="127.0.0.0/8",
+            mqtt_url=f"mqtt://127.0.0.1:{broker.port}", mqtt_username=MQTT_USER, mqtt_password=MQTT_PASSWORD,
+        )
+        server = start_server(settings)
+        with server.client() as client:
+            sid = client.post("/v1/streams", json={"name": "gate", "threshold": 100, "events": EVENTS}).json()["id"]
+            one_event(client, sid, video)
+            wait_for(lambda: len(receiver.hits) >= 2, "two failed deliveries")
+        server.server.should_exit = True
+        server.thread.join(30)
+        start_server(settings)  # the outbox is durable: the new process delivers what is left
+        wait_for(lambda: len(receiver.accepted("/hook")) >= 2, "start and end delivered")
+        time.sleep(1.0)  # anything delivered twice would arrive now
+        accepted = receiver.accepted("/hook")
+        kinds = sorted(json.loads(h["body"])["type"] for h in accepted)
+        assert kinds == ["end", "start"]
+        deliveries = [h["headers"]["X-VAD-Delivery"] for h in accepted]
+        assert len(set(deliveries)) == 2
+        assert all(h["headers"]["X-VAD-Signature"].startswith("sha256=") for h in accepted)
+    wait_for(lambda: sum(t == "vad/events" for t, _, _ in messages) >= 2, "MQTT events")
+    states = [p for t, p, _ in messages if t == f"vad/{sid}/anomaly"]
+    assert states[-1] == b"OFF" and b"ON" in states
+    assert sorted(json.loads(p)["type"] for t, p, _ in messages if t == "vad/events") == ["end", "start"]
+    subscriber.loop_stop()
+    subscriber.disconnect()
+    broker.stop()

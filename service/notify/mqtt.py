@@ -31,6 +31,7 @@ import logging
 import random
 import re
 import ssl
+import sys
 import threading
 import time
 import uuid
@@ -269,7 +270,10 @@ class MqttNotifier:
         log.info("MQTT: connected to %s", self.broker)
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
-        self._set_error(f"cannot connect to {self.host}:{self.port} (retrying with backoff)")
+        # paho calls this inside its `except OSError`, so the exception is still at hand.
+        exc = sys.exc_info()[1]
+        why = f": {type(exc).__name__}: {exc}" if exc is not None else ""
+        self._set_error(f"cannot connect to {self.host}:{self.port}{why} (retrying with backoff)")
         self._first_try.set()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:

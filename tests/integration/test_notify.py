@@ -163,6 +163,28 @@ def caplog_debug(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     return caplog
 
 
+# --- payload -------------------------------------------------------------------------------------
+
+
+def test_payload_shape_and_receiver_ids() -> None:
+    open_event = json.loads(payload_json(change(ChangeKind.START, "ab" * 16)))
+    assert open_event["type"] == "start"
+    event = open_event["event"]
+    assert event["started_at"] == "2024-05-01T12:00:00.000Z" and event["peak_at"] == "2024-05-01T12:00:01.200Z"
+    assert event["ended_at"] is event["duration_s"] is event["end_frame"] is event["end_reason"] is None
+    assert event["box"] == {"x": 10, "y": 20, "w": 64, "h": 48}
+    assert event["snapshot_url"] == f"/v1/events/{'ab' * 16}/snapshot.jpg"
+    assert event["clip_url"] == f"/v1/events/{'ab' * 16}/clip.mp4"
+    ended = json.loads(payload_json(change(ChangeKind.END, "e", ended=True)))["event"]
+    assert (ended["duration_s"], ended["end_reason"], ended["ended_at"]) == (4.5, "released", "2024-05-01T12:00:04.500Z")
+    url = "https://user:pw@hooks.example.com/x"
+    settings = NotifySettings(webhook_urls=f" {url} ,,{url},http://b.example/", mqtt_url="mqtt://broker:1883")
+    assert receivers(settings) == [
+        "webhook:" + hashlib.sha256(url.encode()).hexdigest()[:16], webhook_receiver_id("http://b.example/"), "mqtt",
+    ]
+    assert receivers(NotifySettings(webhook_urls="", mqtt_url="")) == []
+
+
 # --- webhooks ------------------------------------------------------------------------------------
 
 
@@ -308,9 +330,10 @@ class Broker:
     """Mosquitto on 127.0.0.1 with a password file and persistence (sessions and retained messages
     survive `restart()`)."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, tls: tuple[Path, Path, Path] | None = None) -> None:
         self.folder = folder
         self.port = free_port()
+        self.tls_port = free_port() if tls else None
         self.process: subprocess.Popen[bytes] | None = None
         passwords = folder / "passwd"
         subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwords), MQTT_USER, MQTT_PASSWORD], check=True,
@@ -325,6 +348,10 @@ class Broker:
             f"user {getpass.getuser()}\n"  # as root: stay root, so the files in tmp stay readable
             f"log_dest file {folder}/mosquitto.log\n"
         )
+        if tls:  # a second listener, mqtts, with a certificate for 127.0.0.1 (password file shared)
+            ca, cert, key = tls
+            with self.conf.open("a") as conf:
+                conf.write(f"listener {self.tls_port} 127.0.0.1\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\n")
 
     def start(self) -> None:
         self.process = subprocess.Popen(["mosquitto", "-c", str(self.conf)], stdout=subprocess.DEVNULL,
@@ -520,3 +547,50 @@ def test_mqtt_wrong_password_fails_with_a_clear_reason(broker: Broker, caplog_de
     assert notifier.counts() == {"delivered": 0, "failed": 2, "given_up": 1}
     assert any("refused the connection" in r.getMessage() for r in caplog_debug.records)
     assert_no_secret(caplog_debug, outbox, wrong, MQTT_PASSWORD)
+
+
+def make_certificates(folder: Path) -> tuple[Path, Path, Path]:
+    """A throw-away CA and a server certificate for IP 127.0.0.1 (openssl command line)."""
+    ca_key, ca, key, csr, cert, ext = (folder / n for n in ("ca.key", "ca.pem", "server.key", "server.csr",
+                                                          "server.pem", "server.ext"))
+    ext.write_text("subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+    for command in (
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca, "-days", "2",
+         "-subj", "/CN=vad test CA", "-addext", "basicConstraints=critical,CA:TRUE",
+         "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1"],
+        ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert, "-days", "2",
+         "-extfile", ext],
+    ):
+        subprocess.run(["openssl", *map(str, command)], check=True, capture_output=True, timeout=60)
+    return ca, cert, key
+
+
+def test_mqtts_with_a_ca_file_and_refused_without_it(tmp_path: Path, caplog_debug: pytest.LogCaptureFixture) -> None:
+    if shutil.which("mosquitto") is None or shutil.which("openssl") is None:
+        pytest.skip("mosquitto or openssl is not installed")
+    ca, cert, key = make_certificates(tmp_path)
+    tls_broker = Broker(tmp_path, tls=(ca, cert, key))
+    tls_broker.start()
+    try:
+        subscriber = Subscriber(tls_broker, topics=("vad/events",))  # plain listener
+        try:
+            url = f"mqtts://127.0.0.1:{tls_broker.tls_port}"
+            settings = mqtt_settings(tls_broker, mqtt_url=url, mqtt_tls_ca=ca)
+            outbox = MemoryOutbox()
+            with running(mqtt_notifier(outbox, settings)):
+                outbox.enqueue("e1", ChangeKind.START, payload_json(change(ChangeKind.START, "e1")),
+                               receivers(settings))
+                wait_for(lambda: outbox.settled("mqtt"), "the row delivered over TLS")
+            assert outbox.rows()[0].delivered
+            wait_for(lambda: len(subscriber.on("vad/events")) == 1, "the event through the TLS listener")
+        finally:
+            subscriber.close()
+        # The system's CAs do not know the test CA: the certificate is refused, nothing published.
+        untrusted = mqtt_settings(tls_broker, mqtt_url=url)
+        with running(mqtt_notifier(MemoryOutbox(), untrusted)) as notifier:
+            wait_for(lambda: "certificate" in (notifier.last_error or "").lower(), "a certificate error")
+            assert not notifier.connected
+    finally:
+        tls_broker.stop()
+    assert_no_secret(caplog_debug, outbox, MQTT_PASSWORD)

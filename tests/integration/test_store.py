@@ -484,16 +484,29 @@ def test_migrations_on_an_empty_database_are_idempotent_and_match_the_models(bac
         assert mode == "wal"
 
 
-def test_migrations_ship_with_the_package() -> None:
-    import tomllib
+def test_migrations_ship_in_the_wheel(tmp_path: Path) -> None:
+    """The migrations are data, not a package: pyproject's package-data must put them in the wheel."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
 
     root = Path(__file__).resolve().parents[2]
-    package_data = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
-    patterns = package_data["service.store"]
-    store_dir = root / "service" / "store"
-    shipped = {p for pattern in patterns for p in store_dir.glob(pattern)}
-    needed = set((store_dir / "migrations").rglob("*.py")) | set((store_dir / "migrations").glob("*.mako"))
-    assert needed <= shipped and (store_dir / "migrations" / "env.py") in shipped
+    app = tmp_path / "app"
+    for name in ("pyproject.toml", "README.md"):
+        (app / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / name, app / name)
+    for package in ("model", "service"):
+        shutil.copytree(root / package, app / package, ignore=shutil.ignore_patterns("__pycache__"))
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+                           "-q", "--wheel-dir", str(tmp_path / "wheel"), str(app)],
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (wheel,) = (tmp_path / "wheel").glob("*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    migrations = root / "service" / "store" / "migrations"
+    needed = {p.relative_to(root).as_posix() for p in migrations.rglob("*") if p.suffix in (".py", ".mako")}
+    assert "service/store/migrations/env.py" in needed and needed <= names
 
 
 # --- outages, the queue bound, secrets ----------------------------------------------------------

@@ -30,11 +30,22 @@ POSTGRES_USER = "postgres"
 
 
 def _bin_dir() -> Path | None:
+    """The folder holding initdb, pg_ctl and psql: on PATH, else Debian's (not on PATH there), newest first."""
     found = shutil.which("initdb")
-    if found:
-        return Path(found).resolve().parent
-    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    return Path(candidates[-1]).parent if candidates else None
+    candidates = [Path(found).resolve().parent] if found else []
+    debian = glob.glob("/usr/lib/postgresql/*/bin")
+    candidates += sorted((Path(d) for d in debian), key=lambda d: _version(d.parent.name), reverse=True)
+    for folder in candidates:
+        if all((folder / tool).exists() for tool in ("initdb", "pg_ctl", "psql")):
+            return folder
+    return None
+
+
+def _version(name: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in name.split("."))
+    except ValueError:
+        return (0,)
 
 
 def postgres_available() -> str | None:
@@ -68,7 +79,8 @@ class PostgresServer:
         self.bin = _bin_dir()
         if self.bin is None:
             raise RuntimeError(postgres_available() or "PostgreSQL missing")
-        self.root = Path(tempfile.mkdtemp(prefix="vad-pg-"))
+        # As root, /tmp itself: the postgres user must reach the folder (TMPDIR may be private to root).
+        self.root = Path(tempfile.mkdtemp(prefix="vad-pg-", dir="/tmp" if os.geteuid() == 0 else None))
         self.data = self.root / "data"
         self.log = self.root / "server.log"
         self.running = False

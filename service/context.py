@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 from collections.abc import Callable
 
 import torch
@@ -194,10 +195,10 @@ class ServiceContext:
         self.metrics.live.open_events = self.events.open_count
         self.metrics.live.event_frame_memory_bytes = self.events.frame_memory_bytes_used
         self.metrics.live.latest_scores = self.manager.latest_scores
-        self.metrics.live.external["vad_event_media_failures"] = (
-            "Ended events whose snapshot or clip could not be written (e.g. a full disk); the event is kept",
-            "counter", (), lambda: {(): self.media.failed + self.media.skipped},
-        )
+        live = self.metrics.live
+        live.read("vad_event_media_failures", lambda: {(): self.media.failed + self.media.skipped})
+        live.read("vad_data_dir_free_bytes", lambda: {(): self._disk()[0]})
+        live.read("vad_data_dir_size_bytes", lambda: {(): self._disk()[1]})
         if rt is None:
             self.metrics.model.info({"weights": s.weights.name, "loaded": "false"})
             return
@@ -293,6 +294,14 @@ class ServiceContext:
         self.metrics.forget_stream(stream_id)
 
     # --- events ---------------------------------------------------------------------------------------
+    def _disk(self) -> tuple[float, float]:
+        """(free, size) bytes of the data folder's file system (0, 0 when it cannot be read)."""
+        try:
+            usage = shutil.disk_usage(self.settings.scenes.data_dir)
+        except OSError:
+            return 0.0, 0.0
+        return float(usage.free), float(usage.total)
+
     def event_store_status(self) -> str:
         if self.store is None:
             return f"not open: {self.store_error or 'starting'}"
@@ -315,16 +324,11 @@ class ServiceContext:
         self.retention = RetentionWorker(self.store, max_age_s=e.event_retention_days * 86400,
                                          max_bytes=e.event_retention_bytes)
         self.retention.start()
-        store = self.store
-        self.metrics.live.external.update({
-            "vad_event_store_queue": ("Event changes waiting for the database", "gauge", (),
-                                      lambda: {(): store.queued()}),
-            "vad_event_store_dropped": ("Event changes dropped because the write queue was full (oldest first)",
-                                        "counter", (), lambda: {(): store.dropped}),
-            "vad_event_store_up": ("1 while the event database answers", "gauge", (),
-                                   lambda: {(): float(store.database_up)}),
-            "vad_outbox_depth": ("Notifications not delivered yet", "gauge", (), lambda: {(): store.depth()}),
-        })
+        store, live = self.store, self.metrics.live
+        live.read("vad_event_store_queue", lambda: {(): store.queued()})
+        live.read("vad_event_store_dropped", lambda: {(): store.dropped})
+        live.read("vad_event_store_up", lambda: {(): float(store.database_up)})
+        live.read("vad_outbox_depth", lambda: {(): store.depth()})
 
     def _event_changed(self, change: EventChange, media: EventMedia | None) -> None:
         """From the events stage (inference worker): an ended event first gets its media written."""
@@ -378,7 +382,4 @@ class ServiceContext:
         def outcomes() -> dict[tuple[str, ...], float]:
             return {(nt.kind, outcome): float(value) for nt in notifiers for outcome, value in nt.counters.counts().items()}
 
-        self.metrics.live.external["vad_notifications"] = (
-            "Notification delivery attempts by receiver kind (webhook, mqtt) and outcome (delivered, failed, "
-            "given_up)", "counter", ("kind", "outcome"), outcomes,
-        )
+        self.metrics.live.read("vad_notifications", outcomes)

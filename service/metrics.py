@@ -34,6 +34,23 @@ HISTORY_EVICTION_REASONS = ("stream_budget", "total_budget")
 __all__ = ["CONTENT_TYPE_LATEST", "ServiceMetrics"]
 
 
+# Metrics read from components that count in plain attributes: name -> (help, type, labels).
+EXTERNAL: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "vad_event_media_failures": (
+        "Ended events whose snapshot or clip could not be written (e.g. a full disk); the event is kept",
+        "counter", ()),
+    "vad_event_store_queue": ("Event changes waiting for the database", "gauge", ()),
+    "vad_event_store_dropped": ("Event changes dropped because the write queue was full (oldest first)",
+                                "counter", ()),
+    "vad_event_store_up": ("1 while the event database answers", "gauge", ()),
+    "vad_outbox_depth": ("Notifications not delivered yet", "gauge", ()),
+    "vad_notifications": ("Notification delivery attempts by receiver kind (webhook, mqtt) and outcome "
+                          "(delivered, failed, given_up)", "counter", ("kind", "outcome")),
+    "vad_data_dir_free_bytes": ("Free bytes on the file system of the service's data folder", "gauge", ()),
+    "vad_data_dir_size_bytes": ("Size of the file system of the service's data folder", "gauge", ()),
+}
+
+
 class _LiveGauges(Collector):
     """Gauges computed at scrape time from callbacks set by the lifespan."""
 
@@ -52,7 +69,14 @@ class _LiveGauges(Collector):
         self.latest_scores: Callable[[], Mapping[str, float]] = lambda: {}  # stream id -> last smoothed z
         # Values counted by components that import no prometheus_client (store, notifiers, media writer):
         # name -> (help, type "counter"|"gauge", label names, callable returning {label values: value}).
-        self.external: dict[str, tuple[str, str, tuple[str, ...], Callable[[], Mapping[tuple[str, ...], float]]]] = {}
+        # Every name is declared here (no samples until the lifespan sets its reader with `read`).
+        self.external: dict[str, tuple[str, str, tuple[str, ...], Callable[[], Mapping[tuple[str, ...], float]]]] = {
+            name: (help_text, kind, labels, dict) for name, (help_text, kind, labels) in EXTERNAL.items()
+        }
+
+    def read(self, name: str, reader: Callable[[], Mapping[tuple[str, ...], float]]) -> None:
+        help_text, kind, labels, _ = self.external[name]
+        self.external[name] = (help_text, kind, labels, reader)
 
     def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily(

@@ -472,3 +472,12 @@ def test_gpu_override_gives_the_cuda_image_a_gpu():
     command = "docker compose -f docker/compose.yaml -f docker/compose.gpu.yaml up"
     assert command in GPU_OVERRIDE.read_text()
     assert command in (ROOT / "docs" / "operations.md").read_text()
+
+
+def test_the_rules_own_unit_tests_pass():
+    """docker/prometheus-rules.test.yml: camera down, stream stalled, webhook failing, disk nearly full,
+    an event rate far above the stream's usual."""
+    promtool = _tool("promtool")
+    result = subprocess.run([promtool, "test", "rules", str(DOCKER / "prometheus-rules.test.yml")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -107,12 +107,6 @@ class WebhookNotifier:
     def start(self) -> WebhookNotifier:
         if self._thread is not None:
             raise RuntimeError("webhook notifier already started")
-        for url in self._urls.values():  # a refused URL is said once here, not at every attempt
-            try:
-                self._check(url)
-            except SourceRefused as exc:
-                log.error("webhook %s refused: %s; its notifications will fail", redact_url(url),
-                          redact_text(str(exc), url))
         self._thread = threading.Thread(target=self._run, name="vad-webhooks", daemon=True)
         self._thread.start()
         return self
@@ -148,6 +142,7 @@ class WebhookNotifier:
             headers={"User-Agent": USER_AGENT},
         )
         try:
+            self._check_all()
             while not self._stop.is_set():
                 try:
                     rows = self.outbox.due(WEBHOOK_PREFIX, self._clock(), self.batch_size)
@@ -165,6 +160,17 @@ class WebhookNotifier:
             log.error("webhook thread crashed: %s", self._redact(str(exc)))
         finally:
             client.close()
+
+    def _check_all(self) -> None:
+        """A refused URL is said once, at start-up (on this thread: DNS never holds up start())."""
+        for url in self._urls.values():
+            if self._stop.is_set():
+                return
+            try:
+                self._check(url)
+            except SourceRefused as exc:
+                log.error("webhook %s refused: %s; its notifications will fail", redact_url(url),
+                          redact_text(str(exc), url))
 
     def _check(self, url: str) -> CheckedSource:
         scheme = urlsplit(url).scheme.lower()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Literal
@@ -16,7 +17,7 @@ from ..eventtypes import EventQuery, EventRecord, Label
 from ..store.errors import EventNotFound
 from .deps import Authorized, Context
 from .errors import error_responses
-from .schemas import EventList, EventOut, UpdateEvent
+from .schemas import EventList, EventOut, StreamOut, ThresholdAdviceOut, UpdateEvent
 from .streams import require_utf8
 from .ws import admit
 
@@ -81,6 +82,51 @@ async def stream_events(stream_id: str, context: Context, since: Since = None, u
                         cursor: Cursor = None) -> EventList:
     """The events of one stream (also of a deleted one: events outlive their stream)."""
     return await _list(context, _query(stream_id, since, until, min_peak, label, limit, cursor))
+
+
+@authorized.get("/streams/{stream_id}/threshold", response_model=ThresholdAdviceOut,
+                responses=error_responses({404: "no such stream", 503: "the event store is not open"}))
+async def threshold_advice(
+    stream_id: str, context: Context,
+    target_per_hour: Annotated[float, Query(gt=0, le=1000, description="false alarms per hour you accept")] = 1.0,
+) -> ThresholdAdviceOut:
+    """Running counts of the stream's labelled true and false alarms, and a threshold that would have kept
+    its false alarms to `target_per_hour`; apply it with PATCH /v1/streams/{id} {"threshold": ...}."""
+    info = context.manager.get(stream_id)
+    store = _store(context)
+    records = await run_in_threadpool(_all_events, store, stream_id)
+    threshold = StreamOut.from_domain(info).threshold or 0.0
+    hours = max((time.time() - info.created_at) / 3600, 1 / 60)
+    false = sorted((r.peak_score for r in records if r.label == Label.FALSE_ALARM), reverse=True)
+    true = [r.peak_score for r in records if r.label == Label.TRUE_ALARM]
+    allowed = int(target_per_hour * hours)
+    suggested = kept = None
+    if len(false) > allowed:
+        # Just above the peak of the first false alarm beyond the allowance: it and the lower ones would not fire.
+        suggested = round(max(false[allowed] + 0.01, threshold), 3)
+        kept = sum(p >= suggested for p in true)
+        explanation = (f"{len(false)} false alarms in {hours:.1f} h; at {suggested} at most {allowed} of them would "
+                       f"have fired, and {kept} of {len(true)} true alarms")
+    else:
+        explanation = (f"{len(false)} false alarms in {hours:.1f} h: within the target of {target_per_hour:g} per "
+                       "hour at the current threshold")
+    return ThresholdAdviceOut(
+        threshold=threshold, true_alarms=len(true), false_alarms=len(false),
+        unlabeled=sum(r.label is None for r in records), hours=round(hours, 3),
+        false_alarms_per_hour=round(len(false) / hours, 3), target_per_hour=target_per_hour, suggested=suggested,
+        true_alarms_kept=kept, explanation=explanation,
+    )
+
+
+def _all_events(store, stream_id: str, most: int = 10_000) -> list[EventRecord]:  # noqa: ANN001
+    records: list[EventRecord] = []
+    cursor = None
+    while len(records) < most:
+        page, cursor = store.list(EventQuery(stream_id=stream_id, limit=500, cursor=cursor))
+        records += page
+        if cursor is None:
+            break
+    return records
 
 
 @authorized.get("/events/{event_id}", response_model=EventOut, responses=NOT_FOUND)

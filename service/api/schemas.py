@@ -411,3 +411,22 @@ class UpdateEvent(BaseModel):
 
     label: Literal["true_alarm", "false_alarm"] | None = None
     note: str | None = Field(None, max_length=2000)
+
+
+class ThresholdAdviceOut(BaseModel):
+    """What the labels on a stream's events say about its threshold."""
+
+    threshold: float = Field(description="the threshold in use")
+    true_alarms: int
+    false_alarms: int
+    unlabeled: int
+    hours: float = Field(description="hours the stream has been open (the false-alarm rate's denominator)")
+    false_alarms_per_hour: float
+    target_per_hour: float
+    suggested: float | None = Field(
+        description="the lowest threshold at which at most target_per_hour * hours of the labelled false alarms "
+        "would have reached it (an event needs its peak at or above the threshold); null without false alarms "
+        "above the target"
+    )
+    true_alarms_kept: int | None = Field(description="labelled true alarms whose peak reaches the suggestion")
+    explanation: str

@@ -12,6 +12,7 @@ import av
 import cv2
 import httpx
 import numpy as np
+import pytest
 from websockets.sync.client import connect
 
 from tests.support.serving import encode, metric_value
@@ -179,3 +180,28 @@ def test_webhooks_and_mqtt_get_every_change_once_across_a_restart(start_server, 
     subscriber.loop_stop()
     subscriber.disconnect()
     broker.stop()
+
+
+def test_labels_give_running_counts_and_a_suggested_threshold(start_server, video) -> None:
+    server = start_server()
+    with server.client() as client:
+        sid = client.post("/v1/streams", json={"threshold": -100, "events": {**EVENTS, "max_seconds": 0.2}}).json()["id"]
+        push(client, sid, video[:30])
+        deadline = time.monotonic() + 20
+        while client.get(f"/v1/streams/{sid}/events").json()["count"] < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        events = client.get(f"/v1/streams/{sid}/events").json()["data"]
+        by_peak = sorted(events, key=lambda e: e["peak_score"])
+        true_alarm, false_alarms = by_peak[-1], by_peak[:-1]
+        client.patch(f"/v1/events/{true_alarm['id']}", json={"label": "true_alarm"})
+        for event in false_alarms:
+            client.patch(f"/v1/events/{event['id']}", json={"label": "false_alarm"})
+        advice = client.get(f"/v1/streams/{sid}/threshold", params={"target_per_hour": 0.01}).json()
+        assert advice["true_alarms"] == 1 and advice["false_alarms"] == len(false_alarms)
+        assert advice["threshold"] == -100 and advice["hours"] > 0
+        assert advice["suggested"] == pytest.approx(max(e["peak_score"] for e in false_alarms) + 0.01, abs=1e-3)
+        assert advice["true_alarms_kept"] == (1 if true_alarm["peak_score"] >= advice["suggested"] else 0)
+        lenient = client.get(f"/v1/streams/{sid}/threshold", params={"target_per_hour": 1000}).json()
+        assert lenient["suggested"] is None and "within the target" in lenient["explanation"]
+        assert client.get("/v1/streams/nope/threshold").status_code == 404
+        assert client.get(f"/v1/streams/{sid}/threshold", params={"target_per_hour": 0}).status_code == 422

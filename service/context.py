@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+import time
 from collections.abc import Callable
 
 import torch
@@ -197,6 +198,9 @@ class ServiceContext:
         self.metrics.live.latest_scores = self.manager.latest_scores
         live = self.metrics.live
         live.read("vad_event_media_failures", lambda: {(): self.media.failed + self.media.skipped})
+        live.read("vad_event_frame_memory_dropped", lambda: {
+            ("memory",): float(self.events.frames_dropped_from_memory()),
+            ("clip",): float(self.events.clip_frames_dropped)})
         live.read("vad_data_dir_free_bytes", lambda: {(): self._disk()[0]})
         live.read("vad_data_dir_size_bytes", lambda: {(): self._disk()[1]})
         if rt is None:
@@ -329,6 +333,21 @@ class ServiceContext:
         live.read("vad_event_store_dropped", lambda: {(): store.dropped})
         live.read("vad_event_store_up", lambda: {(): float(store.database_up)})
         live.read("vad_outbox_depth", lambda: {(): store.depth()})
+        cache: dict[str, tuple[float, dict[tuple[str, ...], float]]] = {}
+
+        def storage() -> dict[tuple[str, ...], float]:
+            # An aggregate over the events table: at most every 30 s, not at every scrape.
+            now = time.monotonic()
+            if "value" not in cache or now - cache["value"][0] > 30:
+                try:
+                    stats = store.stats()
+                    cache["value"] = (now, {("events",): float(stats["events"]),
+                                            ("media_bytes",): float(stats["media_bytes"])})
+                except Exception:  # the database away: no sample rather than a failed scrape
+                    return cache.get("value", (0.0, {}))[1]
+            return cache["value"][1]
+
+        live.read("vad_event_storage", storage)
 
     def _event_changed(self, change: EventChange, media: EventMedia | None) -> None:
         """From the events stage (inference worker): an ended event first gets its media written."""

@@ -140,6 +140,7 @@ class EventEngine:
         self._streams: dict[str, _StreamEvents] = {}
         self._lock = threading.Lock()
         self.clip_frames_dropped = 0  # frames an event's clip could not keep (its byte budget was reached)
+        self._dropped_by_removed = 0  # frame-memory drops of streams gone (the counter stays monotonic)
 
     # --- streams ------------------------------------------------------------------------------------
     def add_stream(self, stream_id: str, stream_name: str, model: str, params: EventParams | None = None) -> None:
@@ -163,6 +164,8 @@ class EventEngine:
         with self._lock:
             state = self._streams.pop(stream_id, None)
             changes = self._close(state, reason) if state is not None else []
+            if state is not None:
+                self._dropped_by_removed += state.memory.dropped
         self._emit(changes)
 
     def close_all(self, reason: EndReason = EndReason.SHUTDOWN) -> None:
@@ -186,7 +189,7 @@ class EventEngine:
 
     def frames_dropped_from_memory(self) -> int:
         with self._lock:
-            return sum(s.memory.dropped for s in self._streams.values())
+            return self._dropped_by_removed + sum(s.memory.dropped for s in self._streams.values())
 
     # --- one scored frame (inference worker) ---------------------------------------------------------
     def observe(self, result: FrameResult, epoch: int, errors: np.ndarray, kept: KeptFrame | None,

@@ -46,6 +46,11 @@ EXTERNAL: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "vad_outbox_depth": ("Notifications not delivered yet", "gauge", ()),
     "vad_notifications": ("Notification delivery attempts by receiver kind (webhook, mqtt) and outcome "
                           "(delivered, failed, given_up)", "counter", ("kind", "outcome")),
+    "vad_event_frame_memory_dropped": (
+        "Frames dropped from the per-stream frame memory for clips (byte budget, oldest first), and frames an "
+        "event's clip could not keep", "counter", ("where",)),
+    "vad_event_storage": ("Stored events and the bytes of their media (read at most every 30 s)", "gauge",
+                          ("what",)),
     "vad_data_dir_free_bytes": ("Free bytes on the file system of the service's data folder", "gauge", ()),
     "vad_data_dir_size_bytes": ("Size of the file system of the service's data folder", "gauge", ()),
 }

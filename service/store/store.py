@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import binascii
 import builtins
+import contextlib
 import json
 import logging
 import math
@@ -119,7 +120,12 @@ class EventStore:
         self.written = 0  # changes written
         self.outages = 0  # times the database became unreachable
         self.database_up = True
+        self._depth = 0  # pending outbox rows (depth())
+        self._depth_generation = 0  # bumped by every counted change, so a stale re-read is not applied
 
+        # The outbox depth left by the last run (if the database does not answer, the writer reads it later).
+        with contextlib.suppress(SQLAlchemyError):
+            self._ping()
         self._writer = threading.Thread(target=self._run, name="vad-event-writer", daemon=True)
         self._writer.start()
 
@@ -283,8 +289,7 @@ class EventStore:
     def _write_batch(self, batch: builtins.list[_Pending]) -> None:
         try:
             with self._engine.begin() as conn:
-                for pending in batch:
-                    self._write_change(conn, pending)
+                added = sum(self._write_change(conn, pending) for pending in batch)
         except Exception as exc:
             if db.is_transient(exc):
                 raise
@@ -292,7 +297,7 @@ class EventStore:
             for pending in list(batch):
                 try:
                     with self._engine.begin() as conn:
-                        self._write_change(conn, pending)
+                        added = self._write_change(conn, pending)
                 except Exception as single:
                     if db.is_transient(single):
                         raise
@@ -300,17 +305,18 @@ class EventStore:
                               pending.change.event.id, db.reason(single, self._url))
                     self._done(1, ok=False)
                 else:
-                    self._done(1)
+                    self._done(1, added=added)
             return
-        self._done(len(batch))
+        self._done(len(batch), added=added)
 
-    def _done(self, count: int, *, ok: bool = True) -> None:
+    def _done(self, count: int, *, ok: bool = True, added: int = 0) -> None:
         with self._cond:
             del self._inflight[:count]
             if ok:
                 self.written += count
             else:
                 self.write_errors += count
+            self._count_pending(added)
             # Up before flush() returns: a caller that saw its changes written sees database_up too.
             was_down, self.database_up = not self.database_up, True
             waiting = len(self._queue)
@@ -324,11 +330,12 @@ class EventStore:
             self._inflight = []
             self._cond.notify_all()
 
-    def _write_change(self, conn: Connection, pending: _Pending) -> None:
+    def _write_change(self, conn: Connection, pending: _Pending) -> int:
+        """Write one change; the number of outbox rows it added."""
         record = pending.change.event
         with self._cond:
             if record.id in self._tombstones:
-                return
+                return 0
         values = _row(record)
         insert = self._insert(EVENTS).values(**values)
         conn.execute(insert.on_conflict_do_update(
@@ -338,8 +345,11 @@ class EventStore:
             now = time.time()
             rows = [_outbox_row(pending.change_id, receiver, record.id, pending.change.kind, payload, now)
                     for receiver, payload in pending.notifications]
-            conn.execute(self._insert(OUTBOX).values(rows).on_conflict_do_nothing(
-                index_elements=["change_id", "receiver"]))
+            insert = self._insert(OUTBOX).values(rows).on_conflict_do_nothing(index_elements=["change_id", "receiver"])
+            if conn.dialect.insert_returning:  # psycopg reports no rowcount for this statement
+                return len(conn.execute(insert.returning(OUTBOX.c.id)).all())
+            return max(0, conn.execute(insert).rowcount)
+        return 0
 
     def _insert(self, table: sa.Table) -> Any:
         if self.dialect == "postgresql":
@@ -349,8 +359,22 @@ class EventStore:
         return insert(table)
 
     def _ping(self) -> None:
+        """The idle writer's health check, which also re-reads the outbox depth (e.g. after another
+        process delivered notifications)."""
+        with self._cond:
+            generation = self._depth_generation
         with self._engine.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
+            depth = int(conn.execute(
+                sa.select(sa.func.count()).select_from(OUTBOX).where(sa.text(PENDING))).scalar() or 0)
+        with self._cond:
+            if generation == self._depth_generation:  # no change counted meanwhile
+                self._depth = depth
+
+    def _count_pending(self, delta: int) -> None:
+        """Under self._cond: `delta` outbox rows became pending (or stopped being, when negative)."""
+        if delta:
+            self._depth = max(0, self._depth + delta)
+            self._depth_generation += 1
 
     def _mark_down(self, exc: BaseException) -> None:
         with self._cond:
@@ -564,8 +588,15 @@ class EventStore:
                 excess -= row.media_bytes
             self._delete_rows(victims, result, "deleted_by_bytes")
 
-        result["outbox_pruned"] = self._write_now(lambda conn: conn.execute(
-            OUTBOX.delete().where(OUTBOX.c.created_at < cutoff)).rowcount)
+        def prune(conn: Connection) -> tuple[int, int]:
+            pending = conn.execute(OUTBOX.delete().where(OUTBOX.c.created_at < cutoff, sa.text(PENDING))).rowcount
+            done = conn.execute(OUTBOX.delete().where(OUTBOX.c.created_at < cutoff)).rowcount
+            return pending, done
+
+        pending_pruned, done_pruned = self._write_now(prune)
+        with self._cond:
+            self._count_pending(-pending_pruned)
+        result["outbox_pruned"] = pending_pruned + done_pruned
         result["orphan_files_deleted"] = self._delete_orphans(cutoff)
         if any(result.values()):
             log.info("event retention: %s", ", ".join(f"{k} {v}" for k, v in result.items()))
@@ -618,6 +649,8 @@ class EventStore:
         if rows:
             self._await_writes()  # after the notifications submitted before it, as ids order delivery
             self._write_now(lambda conn: conn.execute(OUTBOX.insert().values(rows)))
+            with self._cond:
+                self._count_pending(len(rows))
 
     def due(self, receiver_prefix: str, now: float, limit: int) -> builtins.list[Notification]:
         """Undelivered, not given-up rows of receivers starting with `receiver_prefix` whose next attempt is
@@ -648,24 +681,30 @@ class EventStore:
         self._update_pending(notification_id, values)
 
     def depth(self) -> int:
-        """Undelivered rows that will still be tried (the outbox-depth gauge)."""
-        return int(self._read(lambda conn: conn.execute(
-            sa.select(sa.func.count()).select_from(OUTBOX).where(sa.text(PENDING))).scalar()) or 0)
+        """Undelivered rows that will still be tried (the outbox-depth gauge). A count kept in memory (exact
+        for this process's changes, re-read from the database by the idle writer every few seconds):
+        never blocks and never raises, so a metrics scrape on the event loop may call it."""
+        with self._cond:
+            return self._depth
 
     def _update_pending(self, notification_id: int, values: dict[str, Any]) -> None:
         if isinstance(notification_id, bool) or not isinstance(notification_id, int):
             raise InvalidQuery(f"a notification id is an integer, not {notification_id!r}")
 
-        def write(conn: Connection) -> bool:
+        def write(conn: Connection) -> tuple[bool, bool]:
             changed = conn.execute(OUTBOX.update().where(
                 OUTBOX.c.id == notification_id, sa.text(PENDING),
             ).values(**values)).rowcount
             # Already delivered or given up: nothing to do (a retried call), but an unknown id is an error.
-            return bool(changed) or conn.execute(
+            return bool(changed), bool(changed) or conn.execute(
                 sa.select(OUTBOX.c.id).where(OUTBOX.c.id == notification_id)).first() is not None
 
-        if not self._write_now(write):
+        changed, found = self._write_now(write)
+        if not found:
             raise NotificationNotFound(notification_id)
+        if changed and ("delivered_at" in values or "given_up" in values):
+            with self._cond:
+                self._count_pending(-1)
 
     # --- helpers ---------------------------------------------------------------------------------
 

@@ -205,3 +205,27 @@ def test_labels_give_running_counts_and_a_suggested_threshold(start_server, vide
         assert lenient["suggested"] is None and "within the target" in lenient["explanation"]
         assert client.get("/v1/streams/nope/threshold").status_code == 404
         assert client.get(f"/v1/streams/{sid}/threshold", params={"target_per_hour": 0}).status_code == 422
+
+
+def test_events_are_stored_without_media_when_the_media_cannot_be_written(start_server, service_settings,
+                                                                          video) -> None:
+    settings = service_settings()
+    # A file where the media folder should be: writes fail as on a full or read-only disk.
+    settings.scenes.data_dir.mkdir(parents=True, exist_ok=True)
+    (settings.scenes.data_dir / "media").write_text("in the way")
+    server = start_server(settings)
+    with server.client() as client:
+        sid = client.post("/v1/streams", json={"threshold": 100, "events": EVENTS}).json()["id"]
+        one_event(client, sid, video)
+        deadline = time.monotonic() + 20
+        while not client.get("/v1/events").json()["count"] or client.get("/v1/events").json()["data"][0]["open"]:
+            assert time.monotonic() < deadline, "the event was not stored"
+            time.sleep(0.05)
+        event = client.get("/v1/events").json()["data"][0]
+        assert event["end_reason"] == "released" and event["clip_url"] is None and event["snapshot_url"] is None
+        assert "snapshot not written" in event["media_error"] and "clip not written" in event["media_error"]
+        missing = client.get(f"/v1/events/{event['id']}/clip.mp4")
+        assert missing.status_code == 404 and "clip not written" in missing.json()["detail"]
+        assert metric_value(server.metrics(), "vad_event_media_failures_total") == 1
+        # Scoring goes on.
+        assert push(client, sid, video[28:30], start=28)[-1]["status"] == "scored"

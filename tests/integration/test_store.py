@@ -533,6 +533,7 @@ def test_database_outage_queues_changes_and_writes_them_when_back(
         assert store.queued() == 81
         time.sleep(0.5)  # several retries: still one log line for this outage
         assert store.queued() == 81 and not store.database_up
+        assert store.depth() == 1  # the gauge never waits for (or fails with) the database
         # A queued event is readable from the queue even now.
         assert store.get(later[-1].id) == end(later[-1]).event
         if backend.name == "postgresql":
@@ -551,6 +552,7 @@ def test_database_outage_queues_changes_and_writes_them_when_back(
     assert len(records) == 41 and all(not r.open for r in records)
     payloads = [n.payload for n in store.due("mqtt", time.time(), 1000)]
     assert len(payloads) == len(set(payloads)) == 82  # nothing lost, nothing twice
+    assert store.depth() == 82
 
 
 def test_write_queue_drops_the_oldest_and_counts(backend: Backend) -> None:

@@ -1,9 +1,10 @@
 """EventStore: anomaly events and the notification outbox in SQLite (default) or PostgreSQL.
 
 Writes: `submit()` runs on the inference worker's thread and never touches the database. It appends the
-change to a bounded in-memory queue (beyond `write_queue` the oldest change is dropped and counted in
-`dropped`); one writer thread drains it in order, writing each event row (insert or update by id) and its
-outbox rows in one transaction. While the database is unreachable the writer keeps the changes queued,
+change to a bounded in-memory queue: beyond `write_queue` the oldest waiting change is dropped and counted
+in `dropped` (a batch being written at that moment, at most half the bound, is not). One writer thread
+drains the queue in order, writing each event row (insert or update by id) and its outbox rows in one
+transaction. While the database is unreachable the writer keeps the changes queued,
 retries with exponential backoff, logs once when the outage starts and once when it ends, and writes
 everything queued when the database is back. Every change carries the whole EventRecord, so a change
 dropped from the queue loses only its notifications: the next change of that event writes the row whole.
@@ -17,7 +18,7 @@ Labels and notes belong to people: changes from the engine never overwrite them.
 later changes are skipped, so it is not written back.
 
 Every method is thread-safe. Reads and `label`/`delete`/retention are blocking: call them from a thread
-pool, never on the event loop.
+pool, never on the event loop. `queued()`, `depth()` and the counters are in-memory reads that never block.
 """
 
 from __future__ import annotations

@@ -320,7 +320,10 @@ class ServiceContext:
 
         e = self.settings.events
         try:
-            self.store = EventStore.from_settings(self.settings)
+            # A PostgreSQL server may start after the service (compose): wait a little for it.
+            self.store = EventStore.open(e.database_url, self.settings.scenes.data_dir,
+                                         write_queue=e.event_write_queue,
+                                         connect_wait_s=15.0 if e.database_url is not None else 0.0)
         except StoreError as exc:
             self.store_error = str(exc)
             log.error("events are not stored: %s", exc)

@@ -190,7 +190,7 @@ async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 # The event store's errors (service/store/errors.py), by class name: the store imports nothing of the API.
-STORE_STATUS = {"EventNotFound": 404, "InvalidQuery": 422, "StoreUnavailable": 503}
+STORE_STATUS = {"EventNotFound": 404, "InvalidQuery": 422, "StoreUnavailable": 503, "StoreClosed": 503}
 
 
 async def store_error(request: Request, exc: Exception) -> JSONResponse:

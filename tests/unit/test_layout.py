@@ -33,8 +33,12 @@ def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
             for _ in range(node.level - 1):
                 base = base.rpartition(".")[0]
             target = (f"{base}.{node.module}" if node.module else base) if node.level else (node.module or "")
-            found.add(target)
-            found.update(f"{target}.{alias.name}" for alias in node.names)  # `from . import x`: module x
+            submodules = {f"{target}.{alias.name}" for alias in node.names} & known  # `from . import x`: module x
+            found.update(submodules)
+            # `from . import db` in a module of the same package only loads the submodule: the package is
+            # already being imported (it is the importer's parent), so it is no edge back to it.
+            if not (submodules and len(submodules) == len(node.names) and name.startswith(target + ".")):
+                found.add(target)
     return {m for m in found if m in known and m != name}
 
 

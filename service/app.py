@@ -10,7 +10,7 @@ from typing import Any, Literal
 import uvicorn
 from fastapi import FastAPI
 
-from .api import deps, errors, events, frames, health, ingest, metrics, models, score, streams, ws
+from .api import deps, errors, events, frames, health, ingest, metrics, models, score, streams, web, ws
 from .api.guard import RequestGuard
 from .api.schemas import FrameResultOut
 from .context import ServiceContext
@@ -56,6 +56,7 @@ def create_app(settings: Settings, source_factory: SourceFactory | None | Litera
             "/v1/streams/{id}/ingest) are described in the project's API documentation."
         ),
         lifespan=lifespan,
+        docs_url=None,  # /docs is served by service/api/web.py, from local files (FastAPI's loads a CDN)
     )
     errors.install(app)
     app.add_middleware(RequestGuard, settings=settings)  # token and body size, before any body is read
@@ -63,6 +64,7 @@ def create_app(settings: Settings, source_factory: SourceFactory | None | Litera
         app.include_router(module.router)
     app.include_router(events.authorized)
     app.include_router(events.router)
+    web.install(app)  # the dashboard at /, its files under /ui/, /docs, and the preview endpoint
     install_openapi(app, settings)
     return app
 

@@ -35,14 +35,16 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 JSON_BODY_LIMIT = 64 * 1024  # POST /v1/streams and any other JSON body: a few hundred bytes in practice
 DRAIN_BYTES = 256 * 1024  # of a refused body, read and dropped before the answer (see _drain)
 DRAIN_SECONDS = 1.0
-OPEN_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+OPEN_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/", "/favicon.ico"})
+# The dashboard's files (service/api/web.py): code, styles and vendored libraries, no data.
+OPEN_PREFIXES = ("/ui/",)
 # Endpoints that read their own body under VAD_MAX_UPLOAD_BYTES (service/api/uploads.py).
 SELF_CAPPED = (re.compile(r"^/v1/streams/[^/]+/frames$"), re.compile(r"^/v1/score$"))
 
 
 def is_protected(path: str, settings: Settings) -> bool:
     """Whether `path` needs the token when one is configured (HTTP; WebSockets check it on upgrade)."""
-    if path in OPEN_PATHS:
+    if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
         return False
     return not (path == "/metrics" and not settings.server.metrics_require_token)
 

@@ -174,10 +174,12 @@ async def preview(
         record = context.manager.heatmap_record(stream_id)
     except HeatmapNotAvailable as exc:
         return Response(status_code=204, headers={"X-Reason": str(exc).encode("ascii", "replace").decode()})
-    key = (stream_id, record.result.frame_index, round(alpha, 3), max_side, box)
+    # The same picture for every max_side at or above the frame's size (tabs asking different sizes share it).
+    side = min(max_side, max(record.result.frame_width, record.result.frame_height))
+    key = (stream_id, record.result.frame_index, round(alpha, 3), side, box)
     data = _cache.get(key)
     if data is None:
-        data = await run_in_threadpool(render_preview, record, alpha, max_side, box)
+        data = await run_in_threadpool(render_preview, record, alpha, side, box)
         _cache.put(key, data)
     return Response(data, media_type="image/jpeg",
                     headers={"X-Frame-Index": str(record.result.frame_index), "Cache-Control": "no-store"})

@@ -3,8 +3,10 @@
 Chromium is Debian's (`apt-get install chromium`, which .ci/run does), driven by Playwright through
 `executable_path`: nothing is downloaded at run time. Every page is watched: each request it makes
 (HTTP and WebSocket) must go to 127.0.0.1 (anything else is aborted and fails the test), and no
-console error or uncaught exception may appear. The Ped2 test writes the screenshots of
-docs/dashboard.md (docs/assets/dashboard-*.png).
+console error or uncaught exception may appear. The Ped2 test takes the screenshots of
+docs/dashboard.md and the README: into docs/assets/dashboard-*.png when they are missing or with
+VAD_UPDATE_SCREENSHOTS=1, else into the test's temporary folder (so a test run leaves the
+committed pictures alone).
 
 Without Playwright or Chromium the browser tests skip on a user's machine and fail in CI.
 """
@@ -123,6 +125,24 @@ def wait_for(condition: Callable[[], Any], timeout: float = 20.0, interval: floa
     raise AssertionError(f"condition not met within {timeout} s")
 
 
+def too_wide(page: Any, settle_s: float = 5.0) -> list[str]:
+    """The elements wider than a phone's screen (after the layout settled), [] when none."""
+    script = """() => document.documentElement.scrollWidth <= innerWidth + 1 ? [] :
+        [...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right > innerWidth + 1)
+        .slice(0, 10).map(e => `${e.tagName}.${e.className} ${Math.round(e.getBoundingClientRect().right)}`)"""
+    deadline = time.monotonic() + settle_s
+    while (found := page.evaluate(script)) and time.monotonic() < deadline:
+        time.sleep(0.25)
+    return found
+
+
+def screenshot_path(name: str, tmp_path: Path) -> str:
+    target = ASSETS / f"dashboard-{name}.png"
+    if os.environ.get("VAD_UPDATE_SCREENSHOTS") == "1" or not target.exists():
+        return str(target)
+    return str(tmp_path / target.name)
+
+
 def chart_points(page: Any) -> int:
     return int(page.locator("#score-chart").get_attribute("data-points") or 0)
 
@@ -174,7 +194,7 @@ def push_clip(server: RunningServer, stream_id: str, frames: list[Path], fps: fl
             assert r.status_code == 200, r.text
 
 
-def test_ped2_clip_from_the_form_to_a_labelled_event(start_server, open_page, ped2_root: Path) -> None:
+def test_ped2_clip_from_the_form_to_a_labelled_event(start_server, open_page, ped2_root: Path, tmp_path: Path) -> None:
     """A new user's path: add a push stream from the form, push Ped2 test video 04, watch the overview,
     the chart and the event toast, draw an ignore region, find the event with its snapshot and clip, and
     label it; the models page and /docs work offline too."""
@@ -213,7 +233,7 @@ def test_ped2_clip_from_the_form_to_a_labelled_event(start_server, open_page, pe
     page.locator(".toast.alarm").first.wait_for()  # the live toast of the event's start
     tile.locator(".badge.alarm").wait_for()
     assert tile.locator(".badge.warn").is_hidden()  # frames arrive: not stalled
-    page.screenshot(path=str(ASSETS / "dashboard-overview.png"))
+    page.screenshot(path=screenshot_path("overview", tmp_path))
 
     # The stream page's chart advances while frames come in.
     tile.locator("h2 a").click()
@@ -241,7 +261,16 @@ def test_ped2_clip_from_the_form_to_a_labelled_event(start_server, open_page, pe
         assert abs(x - fx * width) < 4 and abs(y - fy * height) < 4, (regions, stream_size)
     page.locator("svg.regions polygon.region").wait_for()
     page.wait_for_selector("img.live[data-frame]")
-    page.screenshot(path=str(ASSETS / "dashboard-stream.png"), full_page=True)
+    for button in page.locator(".toast button").all():
+        button.click()
+    page.screenshot(path=screenshot_path("stream", tmp_path))
+
+    # A phone's width: one column, nothing wider than the screen; the other theme.
+    page.set_viewport_size({"width": 390, "height": 844})
+    assert not too_wide(page)
+    page.click("#theme-toggle")
+    assert page.evaluate("() => document.documentElement.dataset.theme") == "light"
+    page.set_viewport_size(VIEWPORT)
 
     # A stream whose frames stop shows it within seconds.
     page.goto("/#/")
@@ -267,11 +296,14 @@ def test_ped2_clip_from_the_form_to_a_labelled_event(start_server, open_page, pe
     page.wait_for_function("() => document.querySelectorAll('#event-list li.event').length === 1")
     page.select_option("#filter-label", "")
     page.wait_for_function("() => document.querySelectorAll('#event-list li.event').length > 1")
-    page.screenshot(path=str(ASSETS / "dashboard-events.png"))
+    page.screenshot(path=screenshot_path("events", tmp_path))
 
     # The models folder with the card's numbers, and a reload.
     page.locator("nav").get_by_role("link", name="Models").click()
     page.get_by_text("96.35 %").first.wait_for()
+    page.set_viewport_size({"width": 390, "height": 844})
+    assert not too_wide(page)
+    page.set_viewport_size(VIEWPORT)
     page.click("#reload-models")
     page.get_by_text("Reloaded;").wait_for()
 

@@ -60,7 +60,7 @@ export function mount(root) {
           h("div", {}, h("dt", { text: "z" }), h("dd", {}, parts.z)),
           h("div", {}, h("dt", { text: "scored" }), h("dd", {}, parts.scored)))));
     const preview = new Preview(img, stream.id, {
-      interval: 300, maxSide: 480,
+      interval: 500, maxSide: 360,
       onStatus: (why) => { placeholder.hidden = why === null; if (why) setText(placeholder, why); },
     });
     return { el, parts, preview, stream, received: stream.frames_received, receivedAt: performance.now() };

@@ -141,7 +141,7 @@ export function mount(root, id) {
   const setAlphaText = () => setText(alphaValue, `${Math.round(alpha.value * 100)} %`);
   setAlphaText();
   const preview = new Preview(img, id, {
-    interval: 120, alpha: Number(alpha.value),
+    interval: 200, alpha: Number(alpha.value),
     onStatus: (why) => { placeholder.hidden = why === null; if (why) setText(placeholder, why); },
   });
   alpha.addEventListener("input", () => {

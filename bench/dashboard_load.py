@@ -1,0 +1,191 @@
+"""Does the dashboard slow scoring? Scored fps of pushed streams with and without dashboard tabs open.
+
+    .venv/bin/python -m bench.dashboard_load [--streams 2] [--tabs 2] [--seconds 20] [--rounds 2]
+                                             [--data ../shared/data/ped2] [--out bench/results/dashboard]
+
+A `vad serve` subprocess (bench.server.BenchServer) scores `streams` push streams fed closed loop
+over the ingest WebSocket (bench.load_generator.bench_end_to_end: the most the server can score).
+Runs alternate between no browser page open ("baseline") and `tabs` dashboard tabs open in headless
+Chromium ("dashboard"): the first tab on the overview (every stream's live view), the others on the
+stream page of a stream (live view, chart, counters). Alternating spreads slow drifts of a shared
+machine over both conditions. The ratio is mean dashboard fps / mean baseline fps; the dashboard
+is meant to keep it at 0.9 or more. Also recorded: the browser's CPU time (all its processes) and
+the preview images each tab loaded per second.
+
+Chromium is Debian's (`apt-get install chromium`), driven by Playwright through executable_path.
+Results: results.json and results.md in `--out`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.load_generator import bench_end_to_end
+from bench.server import BenchServer
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = ROOT / "bench" / "results" / "dashboard"
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ped2"
+
+
+def _browser_cpu_seconds(server_pid: int | None) -> float | None:
+    """CPU seconds (user + system) of this process's descendants but the server's: Chromium's
+    processes and Playwright's driver. None without psutil."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    me = psutil.Process()
+    skip: set[int] = set()
+    if server_pid is not None:
+        try:
+            server = psutil.Process(server_pid)
+            skip = {server_pid, *(p.pid for p in server.children(recursive=True))}
+        except psutil.Error:
+            pass
+    total = 0.0
+    for process in me.children(recursive=True):
+        if process.pid in skip:
+            continue
+        try:
+            times = process.cpu_times()
+            total += times.user + times.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def run_round(url: str, args: argparse.Namespace, browser: Any | None, server_pid: int | None) -> dict[str, Any]:
+    """One timed run; with `browser`, `args.tabs` dashboard tabs stay open through it."""
+    result: dict[str, Any] = {}
+
+    def load() -> None:
+        result.update(bench_end_to_end(url, args.streams, args.seconds, source=args.data, transport="websocket"))
+
+    contexts, pages, previews = [], [], []
+    if browser is not None:
+        for i in range(args.tabs):
+            context = browser.new_context(viewport={"width": 1280, "height": 900})
+            page = context.new_page()
+            counter = {"previews": 0}
+            page.on("request", lambda r, c=counter: c.__setitem__("previews", c["previews"] + ("preview.jpg" in r.url)))
+            page.goto(url + "/")
+            contexts.append(context)
+            pages.append((i, page))
+            previews.append(counter)
+    cpu_before = _browser_cpu_seconds(server_pid) if browser is not None else None
+    began = time.monotonic()
+    worker = threading.Thread(target=load, daemon=True)
+    worker.start()
+    if browser is not None:
+        import httpx
+
+        deadline = time.monotonic() + 30
+        streams: list[dict[str, Any]] = []
+        while time.monotonic() < deadline and not streams:
+            streams = httpx.get(url + "/v1/streams", timeout=5).json()["data"]
+            time.sleep(0.2)
+        for i, page in pages[1:]:
+            if streams:
+                page.goto(f"{url}/#/streams/{streams[(i - 1) % len(streams)]['id']}")
+    while worker.is_alive():
+        # Let Playwright dispatch the pages' events (request counts) while the load runs.
+        if pages:
+            pages[0][1].wait_for_timeout(500)
+        else:
+            worker.join(0.5)
+    elapsed = time.monotonic() - began
+    if browser is not None:
+        cpu_after = _browser_cpu_seconds(server_pid)
+        result["browser_cpu_cores"] = (
+            round((cpu_after - cpu_before) / elapsed, 3) if cpu_before is not None and cpu_after is not None else None)
+        result["previews_per_second_per_tab"] = [round(c["previews"] / elapsed, 2) for c in previews]
+        for context in contexts:
+            context.close()
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--streams", type=int, default=2)
+    parser.add_argument("--tabs", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=20.0, help="timed seconds per run")
+    parser.add_argument("--rounds", type=int, default=2, help="runs per condition, alternating")
+    parser.add_argument("--weights", type=Path, default=ROOT / "weights" / "ped2-lite.safetensors")
+    parser.add_argument("--backend", default="torch")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA if DEFAULT_DATA.is_dir() else None,
+                        help="a Ped2-like dataset root for the frames (default: ../shared/data/ped2 if present, "
+                        "else synthetic frames)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args(argv)
+
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        parser.error("Debian's chromium is not installed (apt-get install chromium)")
+    runs: list[dict[str, Any]] = []
+    with BenchServer(args.weights, args.backend) as server, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=["--disable-gpu", "--disable-dev-shm-usage"])
+        pid = server.process.pid
+        try:
+            for round_ in range(args.rounds):
+                for condition in ("baseline", "dashboard"):
+                    result = run_round(server.url, args, browser if condition == "dashboard" else None, pid)
+                    result.update(condition=condition, round=round_)
+                    runs.append(result)
+                    print(f"round {round_} {condition:9s}: {result['fps']:.1f} scored fps"
+                          + (f", browser {result['browser_cpu_cores']} cores, previews/s per tab "
+                             f"{result['previews_per_second_per_tab']}" if condition == "dashboard" else ""),
+                          flush=True)
+        finally:
+            browser.close()
+
+    def mean_fps(condition: str) -> float:
+        return statistics.mean(r["fps"] for r in runs if r["condition"] == condition)
+
+    baseline, dashboard = mean_fps("baseline"), mean_fps("dashboard")
+    summary = {
+        "streams": args.streams, "tabs": args.tabs, "seconds": args.seconds, "rounds": args.rounds,
+        "backend": args.backend, "weights": str(args.weights.name), "frames": runs[0]["frames"],
+        "transport": "websocket (ingest), closed loop",
+        "baseline_fps": round(baseline, 2), "dashboard_fps": round(dashboard, 2),
+        "ratio": round(dashboard / baseline, 3),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "runs": [{k: v for k, v in r.items() if k not in ("per_stream", "model")} for r in runs],
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    lines = [
+        "# Dashboard load: scored fps with and without dashboard tabs",
+        "",
+        f"{args.streams} streams pushed closed loop over the ingest WebSocket ({summary['frames']}), "
+        f"{args.backend} backend, {args.seconds:g} s per run, {args.rounds} runs per condition, alternating; "
+        f"{summary['machine']['cpus']} CPUs. Dashboard: {args.tabs} headless Chromium tabs (the overview, and "
+        "stream pages), on the same machine.",
+        "",
+        "| run | condition | scored fps | browser CPU (cores) | previews/s per tab |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for r in runs:
+        lines.append(f"| {r['round']} | {r['condition']} | {r['fps']:.1f} | {r.get('browser_cpu_cores', '–')} | "
+                     f"{r.get('previews_per_second_per_tab', '–')} |")
+    lines += ["", f"Mean: baseline {baseline:.1f} fps, with the dashboard {dashboard:.1f} fps: "
+              f"**ratio {dashboard / baseline:.3f}**.", ""]
+    (args.out / "results.md").write_text("\n".join(lines))
+    print(f"ratio {dashboard / baseline:.3f} (baseline {baseline:.1f} fps, dashboard {dashboard:.1f} fps)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -133,10 +133,6 @@ class MediaNotAvailable(ServiceError):
     """An event's snapshot or clip that was not (or not yet) written, or was deleted."""
 
 
-class Conflict(ServiceError):
-    """The request is valid but the stream's state does not allow it now."""
-
-
 class PayloadTooLarge(ServiceError):
     pass
 

@@ -31,7 +31,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -51,7 +51,6 @@ from .calibration import (
     LearnedCalibration,
 )
 from .domain import (
-    Conflict,
     DropReason,
     FrameResult,
     HeatmapNotAvailable,
@@ -119,7 +118,7 @@ class ScoringRequest:
     threshold: float | None = None  # None: the model's
     events: EventParams | None = None  # None: the service's defaults
     calibration: CalibrationChoice | None = None  # None: the service's default mode
-    ignore_regions: tuple[tuple[tuple[float, float], ...], ...] | list = ()
+    ignore_regions: Sequence[Sequence[Sequence[float]]] = ()  # polygons, checked by parse_regions
 
 
 @dataclass(eq=False)
@@ -290,7 +289,7 @@ class StreamManager:
                       "is deleted)", learned.stream_name, exc)
 
     def update(self, stream_id: str, changes: Mapping[str, Any]) -> StreamInfo:
-        """PATCH: the keys given among "name", "threshold" (None: the model's) and "ignore_regions" change."""
+        """PATCH: the keys given among "threshold" (None: the model's), "ignore_regions" and "events" change."""
         stream = self._get(stream_id)
         scorer = stream.slot.scorer
         regions = None
@@ -301,8 +300,6 @@ class StreamManager:
         with stream.lock:
             if stream.closed:
                 raise StreamClosed(f"stream {stream_id!r} is {stream.state}")
-            if "name" in changes and changes["name"] and changes["name"] != stream.name:
-                raise Conflict("a stream's name keys its learned calibration; create a new stream to rename it")
             if "threshold" in changes:
                 scorer.set_threshold(stream_id, changes["threshold"])
             if "events" in changes and self.events is not None:

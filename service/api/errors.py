@@ -29,7 +29,6 @@ STATUS: dict[type[d.ServiceError], int] = {
     d.MediaNotAvailable: 404,
     d.UploadTimeout: 408,
     d.StreamClosed: 409,
-    d.Conflict: 409,
     d.PayloadTooLarge: 413,
     d.ImageTooLarge: 413,
     d.UnsupportedMediaType: 415,

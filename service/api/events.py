@@ -24,7 +24,7 @@ from .ws import admit
 router = APIRouter(tags=["events"])
 authorized = APIRouter(prefix="/v1", tags=["events"], dependencies=[Authorized])
 
-NOT_FOUND = error_responses({404: "no such event"})
+NOT_FOUND = error_responses({404: "no such event", 503: "the event store is not open"})
 LabelFilter = Literal["true_alarm", "false_alarm", "none"]
 
 
@@ -135,7 +135,9 @@ async def get_event(event_id: str, context: Context) -> EventOut:
 
 
 @authorized.patch("/events/{event_id}", response_model=EventOut,
-                  responses=error_responses({404: "no such event", 422: "invalid body (e.g. an unknown label)"}))
+                  responses=error_responses({404: "no such event", 413: "a body larger than the server reads for a "
+                                             "JSON request", 422: "invalid body (e.g. an unknown label)",
+                                             503: "the event store is not open"}))
 async def update_event(event_id: str, body: UpdateEvent, request: Request, context: Context) -> EventOut:
     """Label an event a true or a false alarm (`null`: no label), with a note."""
     require_utf8(await request.body())

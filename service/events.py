@@ -262,7 +262,7 @@ class EventEngine:
                kept: KeptFrame | None) -> tuple[EventChange, EventMedia | None]:
         assert r.smoothed_score is not None and r.threshold is not None
         box = None
-        for frame in (*state.run, r) if state.run else (r,):
+        for frame in state.run or [r]:  # the run ends with r
             box = _union(box, frame)
         record = EventRecord(
             id=uuid.uuid4().hex, stream_id=r.stream_id or "", stream_name=state.stream_name, model=state.model,
@@ -299,8 +299,10 @@ class EventEngine:
         record = replace(current.record, ended_at=ended_at, end_frame=end_frame, end_reason=reason)
         state.open = None
         state.cooldown_until = ended_at + state.params.cooldown_seconds
+        # The clip ends with the event (the frames seen while waiting for the release are not part of it).
+        clip = tuple(f for f in current.clip if f.timestamp <= ended_at)
         media = EventMedia(current.peak_frame, current.peak_errors, current.peak_threshold_score,
-                           current.frame_size, tuple(current.clip))
+                           current.frame_size, clip)
         log.info("event %s on stream %s ended (%s) after %.1f s, peak z %.2f", record.id, record.stream_id,
                  reason, ended_at - record.started_at, record.peak_score)
         return [(EventChange(ChangeKind.END, record), media)]

@@ -69,7 +69,8 @@ def test_an_event_opens_after_min_frames_follows_its_peak_and_releases_with_hyst
     assert end.box is not None and (end.box.x, end.box.y, end.box.w, end.box.h) == (10, 10, 16, 16)
     media = rec.changes[-1][1]
     assert media.peak_frame is not None and media.frame_size == (160, 120)
-    assert [f.index for f in media.clip][0] == 0 and [f.index for f in media.clip][-1] == 15  # pre-roll 0.2 s
+    # From the pre-roll (0.2 s: 5 frames before frame 4) to the end; the frames awaiting the release are left out.
+    assert [f.index for f in media.clip][0] == 0 and [f.index for f in media.clip][-1] == 11
     assert rec.changes[0][1] is None  # media come with the end only
 
 

@@ -68,6 +68,10 @@ FPS = 25.0  # frames per second of the footage (Ped2's rate; a minute of learnin
 #: is the shortest run a real alert could come from; counting from it counts every such run.
 EVENT_FRAMES = CAUSAL_WINDOW
 DEFAULT_OUTPUT = Path("bench") / "results" / "scenes"
+#: Other thresholds on the smoothed z at which the false alarms are also counted (the default: the weights').
+THRESHOLDS = (2.5, 3.0, 3.5, 4.0, 5.0)
+#: What `--parts` chooses from: (i), (ii) and auto on Ped2; (iii); (iv); (v).
+PARTS = ("ped2", "foreign", "anomalies", "new_user")
 
 
 # --- the network ------------------------------------------------------------------------------------
@@ -232,6 +236,7 @@ def false_alarms(run: Run, after: np.ndarray | None = None) -> dict[str, Any]:
         "longest_run": max(lengths, default=0),
         "event_runs": events,
         "event_runs_per_10_min": round(events / minutes * 10, 3) if minutes else None,
+        "flagged_share_at": {f"{t:g}": float((smoothed >= t).mean()) if frames else None for t in THRESHOLDS},
         "smoothed_p99": float(np.quantile(smoothed, 0.99)) if frames else None,
         "smoothed_max": float(smoothed.max()) if frames else None,
     }
@@ -349,19 +354,32 @@ def learn_on_each_video(network: Network, names: list[str], tests: list[Raw], la
     }
 
 
-def auto_on_ped2(network: Network, names: list[str], tests: list[Raw]) -> dict[str, Any]:
-    """Calibration auto (defaults) on each Ped2 test video: must stay on the model's calibration."""
-    out = {}
+def auto_on_ped2(network: Network, names: list[str], tests: list[Raw],
+                 labels: list[np.ndarray] | None = None) -> dict[str, Any]:
+    """Calibration auto (defaults) on each Ped2 test video: must stay on the model's calibration. With
+    labels, also the 12 videos as one auto stream (a new epoch each) against the causal protocol."""
+    out: dict[str, Any] = {}
+    if labels is not None:
+        run = replay(network, tests, frame_size=(360, 240), name="ped2-auto")
+        stream = protocol_metrics([run.smoothed[run.segment == k] for k in range(len(tests))], labels)
+        causal = protocol_metrics([causal_protocol(r.score, network.weights.calibration) for r in tests], labels)
+        out["one_stream"] = {"status": run.view.calibration.status.value, "micro_auc": stream["micro_auc"],
+                             "causal_micro_auc": causal["micro_auc"],
+                             "difference_points": 100 * (stream["micro_auc"] - causal["micro_auc"])}
+    videos = out.setdefault("videos", {})
     limit = default_policy().out_of_domain_z
     for name, raw in zip(names, tests, strict=True):
         run = replay(network, [raw], frame_size=(360, 240), name=name)
         check = default_policy().check_frames
-        z = [network.weights.calibration.background_z(b) for b in raw.background[:check]]
-        out[name] = {"status": run.view.calibration.status.value,
-                     "check_median_background_z": round(float(np.median(z)), 2),
-                     "max_background_z": round(float(max(network.weights.calibration.background_z(b)
-                                                         for b in raw.background)), 2),
-                     "limit": limit}
+        z = np.asarray([network.weights.calibration.background_z(b) for b in raw.background])
+        # Had the stream started at any later frame of the video: the median z of its check frames.
+        starts = np.asarray([np.median(z[i : i + check]) for i in range(len(z) - check + 1)])
+        videos[name] = {"status": run.view.calibration.status.value,
+                        "check_median_background_z": round(float(np.median(z[:check])), 2),
+                        "max_background_z": round(float(z.max()), 2),
+                        "worst_start_median_z": round(float(starts.max()), 2),
+                        "starts_over_limit": int((starts > limit).sum()), "starts": len(starts),
+                        "limit": limit}
     return out
 
 
@@ -475,7 +493,8 @@ def synthetic_anomalies(network: Network, seed: int = 7, repeats: int = 4,
         single = SyntheticScene(1, seed=seed, anomalies=[anomaly])
         visible = [t for t in range(anomaly.start, frames) if single.anomaly_box(t) is not None]
         span = range(visible[0], visible[-1] + 1)
-        inside[[t - offset for t in span]] = True
+        # Its frames, and the CAUSAL_WINDOW - 1 after it left, whose trailing mean still holds it.
+        inside[span.start - offset : min(len(inside), span.stop - offset + CAUSAL_WINDOW - 1)] = True
         flagged = [t for t in span if run.flagged[t - offset]]
         on_object = [t for t in flagged if box_overlap(tuple(run.patch[t - offset]), single.anomaly_box(t)) > 0]
         first_flag = flagged[0] if flagged else None
@@ -561,14 +580,16 @@ def _clean(value: Any) -> Any:
 
 def markdown(report: dict[str, Any]) -> str:
     r = report
-    p, auto = r["ped2"], r["ped2_auto"]
+    p, auto, one = r["ped2"], r["ped2_auto"]["videos"], r["ped2_auto"]["one_stream"]
     lines = [
         "# Per-stream calibration on other scenes: measured",
         "",
         f"{r['date']}, {r['machine']['cpu_name']} ({r['machine']['cores']} cores, {r['threads']} torch threads), "
         f"weights `{r['weights']}` (torch fp32), `python -m bench.scenes` in {r['seconds']:.0f} s "
         f"({r['frames_scored']} frames scored at {r['scoring_fps']:.1f} fps). Threshold: the weights' "
-        f"{r['threshold']} on the smoothed z; {r['fps']:g} frames per second.",
+        f"{r['threshold']} on the smoothed z; {r['fps']:g} frames per second."
+        + ("" if all(v == r["date"] for v in r.get("parts_measured", {}).values()) else " Measured again later: "
+           + ", ".join(f"{k} {v}" for k, v in r["parts_measured"].items() if v != r["date"]) + "."),
         "",
         "## (i) Ped2: learn on training video 16, score the test videos",
         "",
@@ -580,7 +601,13 @@ def markdown(report: dict[str, Any]) -> str:
         f"{r['ped2_parity_max_abs']:.2e}",
         f"- auto on each test video: {sum(v['status'] == 'model' for v in auto.values())}/{len(auto)} stay on the "
         f"model's calibration (check median background z {min(v['check_median_background_z'] for v in auto.values()):.2f}"
-        f"..{max(v['check_median_background_z'] for v in auto.values()):.2f}, limit {next(iter(auto.values()))['limit']:g})",
+        f"..{max(v['check_median_background_z'] for v in auto.values()):.2f}, limit {next(iter(auto.values()))['limit']:g}); "
+        f"the 12 as one auto stream: micro AUC {one['micro_auc']:.2%} ({one['difference_points']:+.3f} points)",
+        f"- had a stream started at any frame of a test video instead of its first: "
+        f"{sum(v.get('starts_over_limit', 0) for v in auto.values())} of {sum(v.get('starts', 0) for v in auto.values())} "
+        f"start frames would have taken Ped2 for another scene (worst check median z "
+        f"{max(v.get('worst_start_median_z', 0) for v in auto.values()):.2f}, video "
+        f"{max(auto, key=lambda k: auto[k].get('worst_start_median_z', 0))})",
         "",
         "## (ii) Learning on the first N frames of each test video",
         "",
@@ -617,7 +644,14 @@ def markdown(report: dict[str, Any]) -> str:
                      f"| {m['flagged_share']:.1%} |")
     t = f["ped2_cameras_total"]
     lines += [f"| Ped2 cameras together | | {t['minutes']} | {t['flagged']} | {t['flagged_share']:.3%} "
-              f"| {t['event_runs']} | {t['event_runs_per_10_min']} | | |", ""]
+              f"| {t['event_runs']} | {t['event_runs_per_10_min']} | | |", "",
+              "Flagged share after learning at other thresholds on the smoothed z:", "",
+              "| camera | " + " | ".join(f"z >= {x:g}" for x in THRESHOLDS) + " |",
+              "|---|" + "---|" * len(THRESHOLDS)]
+    for name, c in f["cameras"].items():
+        at = c["after_learning"]["flagged_share_at"]
+        lines.append(f"| {name} | " + " | ".join(f"{at[f'{x:g}']:.3%}" for x in THRESHOLDS) + " |")
+    lines.append("")
     s = r["synthetic_anomalies"]
     lines += [
         "## (iv) Synthetic anomalies after learning (auto, defaults)",
@@ -630,7 +664,8 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {kind} | {k['events']} | {k['flagged_within_1s']} | {k['patch_on_object_at_first_flag']} "
                      f"| {k['median_delay_frames']} | {k['max_delay_frames']} | {k['peak_smoothed']} |")
     fa = s["false_alarms_outside_events"]
-    lines += ["", f"Outside the events: {fa['flagged']} of {fa['frames']} frames flagged "
+    lines += ["", f"Outside the events (and the {r['event_frames'] - 1} frames after each, which the trailing "
+              f"mean still holds): {fa['flagged']} of {fa['frames']} frames after learning flagged "
               f"({fa['event_runs']} event runs).", ""]
     n = r["new_user"]
     lines += [
@@ -656,33 +691,53 @@ def main(argv: list[str] | None = None) -> None:
     # One thread: on the 2-core machine it measured faster than two whenever anything else ran.
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="1 minute of foreign footage, 1 anomaly of each kind")
+    parser.add_argument("--parts", type=lambda text: [p for p in text.split(",") if p], default=list(PARTS),
+                        help=f"comma-separated, of {','.join(PARTS)}: measure only these, keeping the others of "
+                        "OUTPUT/scenes.json")
+    parser.add_argument("--markdown-only", action="store_true", help="rewrite scenes.md from OUTPUT/scenes.json")
     args = parser.parse_args(argv)
+    if set(args.parts) - set(PARTS):
+        parser.error(f"--parts: choose from {','.join(PARTS)}")
+    if args.markdown_only:
+        (args.output / "scenes.md").write_text(markdown(json.loads((args.output / "scenes.json").read_text())))
+        return
     torch.set_num_threads(args.threads)
     began = time.perf_counter()
     network = Network(args.weights, args.batch)
     root = args.data
+    parts = set(args.parts)
+    report: dict[str, Any] = {}
+    if parts != set(PARTS):  # the other parts as the last full run measured them
+        report = json.loads((args.output / "scenes.json").read_text())
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
-    print("(i) Ped2: scoring training video 16 and the test videos", flush=True)
-    learn, names, tests, labels = ped2_segments(network, root)
-    reference, _ = score_videos(network.weights, EvaluateOptions(weights=args.weights, data=root, batch_size=16))
-    parity = max(float(np.max(np.abs(a.score - b.score))) for a, b in zip(tests, reference, strict=True))
-    ped2 = ped2_reproduction(network, learn, tests, labels)
-    print(f"  stream {ped2['stream_micro_auc']:.4%} vs causal {ped2['causal_micro_auc']:.4%}", flush=True)
-    print("(ii) learning on the first frames of each test video", flush=True)
-    learn_on_test = [learn_on_each_video(network, names, tests, labels, n) for n in (25, 50, 100)]
-    auto = auto_on_ped2(network, names, tests)
-    print("(iii) foreign normal footage", flush=True)
-    minutes = 1.0 if args.quick else args.minutes
-    foreign = foreign_normal(network, root, minutes, progress=True)
-    print("(iv) synthetic anomalies", flush=True)
-    anomalies = synthetic_anomalies(network, repeats=1 if args.quick else 4)
-    print("(v) the new user's run", flush=True)
-    new_user = new_user_run(network, root)
+    if "ped2" in parts:
+        print("(i) Ped2: scoring training video 16 and the test videos", flush=True)
+        learn, names, tests, labels = ped2_segments(network, root)
+        reference, _ = score_videos(network.weights, EvaluateOptions(weights=args.weights, data=root, batch_size=16))
+        report["ped2_parity_max_abs"] = max(float(np.max(np.abs(a.score - b.score)))
+                                            for a, b in zip(tests, reference, strict=True))
+        report["ped2"] = ped2_reproduction(network, learn, tests, labels)
+        print(f"  stream {report['ped2']['stream_micro_auc']:.4%} vs causal {report['ped2']['causal_micro_auc']:.4%}",
+              flush=True)
+        print("(ii) learning on the first frames of each test video", flush=True)
+        report["learn_on_test"] = [learn_on_each_video(network, names, tests, labels, n) for n in (25, 50, 100)]
+        report["ped2_auto"] = auto_on_ped2(network, names, tests, labels)
+    if "foreign" in parts:
+        print("(iii) foreign normal footage", flush=True)
+        report["foreign_normal"] = foreign_normal(network, root, 1.0 if args.quick else args.minutes, progress=True)
+    if "anomalies" in parts:
+        print("(iv) synthetic anomalies", flush=True)
+        report["synthetic_anomalies"] = synthetic_anomalies(network, repeats=1 if args.quick else 4)
+    if "new_user" in parts:
+        print("(v) the new user's run", flush=True)
+        report["new_user"] = new_user_run(network, root)
 
     from bench.machine import machine_info
 
-    report = _clean({
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    seconds = time.perf_counter() - began
+    report.update({
+        "date": report.get("date", now),
         "machine": {"cpu_name": cpu_name(), **machine_info(args.threads)},
         "threads": args.threads,
         "weights": str(args.weights.relative_to(Path.cwd()) if args.weights.is_relative_to(Path.cwd())
@@ -692,17 +747,13 @@ def main(argv: list[str] | None = None) -> None:
         "event_frames": EVENT_FRAMES,
         "threshold": network.weights.calibration.threshold,
         "quick": args.quick,
-        "frames_scored": network.frames_scored,
-        "scoring_fps": network.frames_scored / max(network.seconds, 1e-9),
-        "seconds": time.perf_counter() - began,
-        "ped2": ped2,
-        "ped2_parity_max_abs": parity,
-        "ped2_auto": auto,
-        "learn_on_test": learn_on_test,
-        "foreign_normal": foreign,
-        "synthetic_anomalies": anomalies,
-        "new_user": new_user,
+        # When each part was last measured (a run of some parts keeps the others').
+        "parts_measured": {**report.get("parts_measured", {}), **{p: now for p in parts}},
     })
+    if parts == set(PARTS):
+        report.update({"date": now, "frames_scored": network.frames_scored, "seconds": seconds,
+                       "scoring_fps": network.frames_scored / max(network.seconds, 1e-9)})
+    report = _clean(report)
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "scenes.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.output / "scenes.md").write_text(markdown(report))

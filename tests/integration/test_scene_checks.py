@@ -41,6 +41,8 @@ from tests.support.serving import encode
 LEARN = 300  # scored frames the foreign sequences here learn from (the default is 1500: a minute)
 SHARE = 0.005  # at most 0.5 % of the scored frames after learning flagged
 FAST = 704  # frame where the fast object appears in the synthetic sequence: 4 warm + 300 learning + 400 normal
+AGAINST = 790  # and where a cart comes against the flow (the fast one left at frame 745)
+ANOMALIES = (SceneAnomaly("fast", FAST), SceneAnomaly("against", AGAINST, lane=0.75, speed=6.0))
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +58,8 @@ def ped2(network: Network, ped2_root) -> tuple[Raw, list[str], list[Raw], list[n
 @pytest.fixture(scope="module")
 def synthetic(network: Network) -> tuple[SyntheticScene, Run]:
     """A synthetic camera: learning (auto) on its first 300 scored frames, 400 normal ones, then an object
-    crossing fast."""
-    scene = SyntheticScene(FAST + 50, seed=3, anomalies=[SceneAnomaly("fast", FAST)])
+    crossing fast with the flow (10 px/frame), then a cart against it (6 px/frame)."""
+    scene = SyntheticScene(AGAINST + 50, seed=3, anomalies=ANOMALIES)
     raw = network.score_frames(scene.frame(t) for t in range(scene.frames))
     return scene, replay(network, [raw], policy=default_policy(frames=LEARN), name="synthetic")
 
@@ -89,8 +91,12 @@ def test_auto_keeps_the_model_calibration_on_every_ped2_test_video(network: Netw
     # the background level, so none of them is taken for another scene.
     _, names, tests, _ = ped2
     auto = auto_on_ped2(network, names, tests)
-    assert {name: v["status"] for name, v in auto.items()} == {name: "model" for name in names}
-    assert max(v["check_median_background_z"] for v in auto.values()) < default_policy().out_of_domain_z
+    videos = auto["videos"]
+    assert {name: v["status"] for name, v in videos.items()} == {name: "model" for name in names}
+    limit = default_policy().out_of_domain_z
+    assert max(v["check_median_background_z"] for v in videos.values()) < limit
+    # Nor had the stream started at any later frame, inside an anomaly (the closest: 7.6, in video 08).
+    assert max(v["worst_start_median_z"] for v in videos.values()) < limit
 
 
 def test_a_foreign_ped2_camera_flags_at_most_half_a_percent_after_learning(network: Network, ped2_root) -> None:  # noqa: ANN001
@@ -114,10 +120,13 @@ def test_a_synthetic_camera_flags_at_most_half_a_percent_after_learning(syntheti
     assert alarms["flagged_share"] <= SHARE, alarms
 
 
-def test_an_object_crossing_fast_is_flagged_within_a_second_with_the_patch_on_it(synthetic) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("anomaly", ANOMALIES, ids=lambda a: a.kind)
+def test_an_anomaly_is_flagged_within_a_second_with_the_patch_on_it(synthetic, anomaly: SceneAnomaly) -> None:  # noqa: ANN001
+    # A slower cart against the flow (3 px/frame) is not always flagged: docs/scene-checks.md.
     scene, run = synthetic
-    window = [t for t in range(FAST, FAST + int(FPS)) if run.flagged[t - 4]]  # 25 frames: 1 s at 25 fps
-    assert window, f"not flagged within {FPS:g} frames: smoothed {run.smoothed[FAST - 4 : FAST + 21].round(2)}"
+    start = anomaly.start
+    window = [t for t in range(start, start + int(FPS)) if run.flagged[t - 4]]  # 25 frames: 1 s at 25 fps
+    assert window, f"not flagged within {FPS:g} frames: smoothed {run.smoothed[start - 4 : start + 21].round(2)}"
     first = window[0]
     box = scene.anomaly_box(first)
     assert box is not None

@@ -8,9 +8,9 @@
   by `vad evaluate`) measured: AUCs and scoring fps per backend, for the dashboard's models page.
 - `GET /v1/streams/{id}/preview.jpg`: the stream's latest scored frame with its heatmap over it and
   the top window's box, as a small JPEG for the dashboard. The page asks for the next one only once
-  the previous one has loaded and the stream scored a newer frame: rendering runs on the thread
-  pool, off the scoring path, at the rate the browser can follow. The last rendering of each
-  stream is kept, so two open tabs cost one rendering per frame.
+  the previous one has loaded, with its ETag: an unchanged stream answers 304 without rendering.
+  Rendering runs on the thread pool, off the scoring path, at the rate the browser can follow; the
+  last renderings are kept, so two open tabs cost one rendering per frame.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Annotated
 
 import cv2
 import numpy as np
-from fastapi import APIRouter, FastAPI, Query
+from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -158,31 +158,38 @@ def render_preview(record: HeatmapRecord, alpha: float, max_side: int, box: bool
         200: {"content": {"image/jpeg": {}}, "description": "the latest scored frame with its heatmap and box",
               "headers": {"X-Frame-Index": {"description": "the frame shown", "schema": {"type": "integer"}}}},
         204: {"description": "no scored frame to show yet (or none kept any more); X-Reason says why"},
+        304: {"description": "If-None-Match names the latest picture (its ETag): nothing newer to show"},
         404: {"model": ErrorOut, "description": "no such stream"},
     },
 )
 async def preview(
     stream_id: str,
+    request: Request,
     context: Context,
     alpha: Annotated[float, Query(ge=0.0, le=1.0, description="heatmap weight over the frame")] = 0.5,
     max_side: Annotated[int, Query(ge=32, le=4096, description="longer side of the image at most")] = 640,
     box: Annotated[bool, Query(description="draw the top-scoring window")] = True,
 ) -> Response:
     """For the dashboard: the latest scored frame, downscaled, with the heatmap over it (`alpha`) and the
-    top window's box, as JPEG. A stream without a scored frame answers 204 (not an error: it is warming)."""
+    top window's box, as JPEG. A stream without a scored frame answers 204 (not an error: it is warming);
+    `If-None-Match` with the ETag of the picture shown answers 304 until the stream scores a newer frame."""
     try:
         record = context.manager.heatmap_record(stream_id)
     except HeatmapNotAvailable as exc:
         return Response(status_code=204, headers={"X-Reason": str(exc).encode("ascii", "replace").decode()})
     # The same picture for every max_side at or above the frame's size (tabs asking different sizes share it).
     side = min(max_side, max(record.result.frame_width, record.result.frame_height))
-    key = (stream_id, record.result.frame_index, round(alpha, 3), side, box)
+    index = record.result.frame_index
+    etag = f'"{index}-{alpha:.3f}-{side}-{int(box)}"'
+    headers = {"X-Frame-Index": str(index), "ETag": etag, "Cache-Control": "no-cache"}
+    if request.headers.get("if-none-match") == etag:  # the page shows this picture already: no rendering
+        return Response(status_code=304, headers=headers)
+    key = (stream_id, index, round(alpha, 3), side, box)
     data = _cache.get(key)
     if data is None:
         data = await run_in_threadpool(render_preview, record, alpha, side, box)
         _cache.put(key, data)
-    return Response(data, media_type="image/jpeg",
-                    headers={"X-Frame-Index": str(record.result.frame_index), "Cache-Control": "no-store"})
+    return Response(data, media_type="image/jpeg", headers=headers)
 
 
 # --- what a model's card measured -----------------------------------------------------------------

@@ -174,6 +174,9 @@ def test_page_assets_docs_and_preview(start_server, video) -> None:
         shown = client.get(f"/v1/streams/{stream_id}/preview.jpg", params={"max_side": 90, "alpha": 0.3})
         assert shown.status_code == 200 and shown.headers["content-type"] == "image/jpeg"
         assert int(shown.headers["x-frame-index"]) == 7
+        same = client.get(f"/v1/streams/{stream_id}/preview.jpg", params={"max_side": 90, "alpha": 0.3},
+                          headers={"If-None-Match": shown.headers["etag"]})
+        assert same.status_code == 304 and not same.content  # nothing newer: no rendering, no body
         assert Image.open(io.BytesIO(shown.content)).size == (90, 60)  # 180x120 frames, longer side 90
         assert client.get(f"/v1/streams/{stream_id}/preview.jpg", params={"alpha": 2}).status_code == 422
         card = client.get("/v1/models/tiny/evaluation").json()

@@ -50,11 +50,11 @@ export async function api(path, { method = "GET", body, signal } = {}) {
   return (response.headers.get("content-type") || "").includes("json") ? response.json() : response.text();
 }
 
-// A binary resource as a Blob (null for 204 No Content).
-export async function fetchBlob(path, { signal } = {}) {
-  const response = await fetch(path, { signal, cache: "no-store", headers: headers() });
+// A binary resource as a Blob (null for 204 No Content and 304 Not Modified).
+export async function fetchBlob(path, { signal, headers: extra = {} } = {}) {
+  const response = await fetch(path, { signal, cache: "no-store", headers: headers(extra) });
+  if (response.status === 204 || response.status === 304) return { blob: null, response };
   if (!response.ok) throw await failure(response);
-  if (response.status === 204) return { blob: null, response };
   return { blob: await response.blob(), response };
 }
 

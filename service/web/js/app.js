@@ -4,7 +4,7 @@
 
 import { api, ApiError, hasToken, setToken, whenUnauthorized } from "./api.js";
 import { h } from "./dom.js";
-import { eventFeed, scoreFeed } from "./feeds.js";
+import { eventFeed } from "./feeds.js";
 import * as addView from "./views/add.js";
 import * as eventsView from "./views/events.js";
 import * as modelsView from "./views/models.js";
@@ -58,7 +58,7 @@ eventFeed.subscribe((change) => {
 });
 
 const feedState = document.getElementById("feed-state");
-scoreFeed.onState((state) => {
+eventFeed.onState((state) => {
   feedState.textContent = state === "open" ? "● live" : state === "connecting" ? "○ connecting" : "○ offline";
   feedState.className = `feed-state ${state}`;
 });
@@ -90,7 +90,6 @@ function askToken(message = "") {
       input.value = "";
       dialog.close();
       asking = null;
-      scoreFeed.restart();
       eventFeed.restart();
       resolve();
     };
@@ -150,7 +149,6 @@ async function start() {
     }
   }
   started = true;
-  scoreFeed.start();
   eventFeed.start();
   window.addEventListener("hashchange", () => {
     route();

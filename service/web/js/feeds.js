@@ -1,12 +1,11 @@
-// The two live feeds of the page, one WebSocket each, shared by every view: /v1/scores (every
-// stream's frame results) and /v1/events (event changes). They reconnect with backoff, and keep
-// per-stream statistics (received rate, last result, when the last frame came) for the views.
+// Live feeds over WebSockets, reconnecting with backoff: /v1/events (event changes; one per tab,
+// for the toasts and the events page) and, on a stream's page only, /v1/streams/{id}/scores (that
+// stream's frame results, for its chart). The overview reads the stream list instead: a feed of
+// every frame of every stream would cost each open tab CPU for nothing it shows.
 
 import { wsUrl } from "./api.js";
 
-const FPS_WINDOW_MS = 5000;
-
-class Feed {
+export class Feed {
   constructor(path) {
     this.path = path;
     this.listeners = new Set();
@@ -15,11 +14,13 @@ class Feed {
     this.retryMs = 500;
     this.state = "closed";
     this.enabled = false; // set once the page knows its token works (a refused upgrade logs an error)
+    this.closed = false;
   }
 
   start() {
     this.enabled = true;
     if (this.listeners.size) this.open();
+    return this;
   }
 
   subscribe(listener) {
@@ -40,7 +41,7 @@ class Feed {
   }
 
   open() {
-    if (this.socket || !this.enabled) return;
+    if (this.socket || !this.enabled || this.closed) return;
     const socket = new WebSocket(wsUrl(this.path));
     this.socket = socket;
     this.setState("connecting");
@@ -50,9 +51,10 @@ class Feed {
       try { data = JSON.parse(message.data); } catch { return; }
       for (const listener of this.listeners) listener(data);
     });
-    socket.addEventListener("close", () => {
+    socket.addEventListener("close", (event) => {
       this.socket = null;
       this.setState("closed");
+      if (this.closed || event.code === 1000) return; // closed by us, or the stream was deleted
       setTimeout(() => this.open(), this.retryMs);
       this.retryMs = Math.min(this.retryMs * 2, 10000);
     });
@@ -60,40 +62,19 @@ class Feed {
 
   // After the token changed: connect again with it.
   restart() {
-    if (this.socket) this.socket.close();
+    if (this.socket) this.socket.close(4000, "token changed");
     else this.open();
   }
+
+  close() {
+    this.closed = true;
+    this.listeners.clear();
+    this.socket?.close(1000, "page closed");
+  }
 }
 
-export const scoreFeed = new Feed("/v1/scores");
 export const eventFeed = new Feed("/v1/events");
 
-// Per stream: arrival times of the last FPS_WINDOW_MS (for fps), the last result, when it came.
-const stats = new Map();
-
-scoreFeed.subscribe((result) => {
-  if (!result.stream_id) return;
-  let entry = stats.get(result.stream_id);
-  if (!entry) {
-    entry = { times: [], last: null, lastAt: 0 };
-    stats.set(result.stream_id, entry);
-  }
-  const now = performance.now();
-  entry.times.push(now);
-  while (entry.times.length && (entry.times[0] < now - FPS_WINDOW_MS || entry.times.length > 2000)) entry.times.shift();
-  entry.last = result;
-  entry.lastAt = now;
-});
-
-export function streamStats(id) {
-  const entry = stats.get(id);
-  if (!entry) return { fps: 0, last: null, ageMs: Infinity };
-  const now = performance.now();
-  const recent = entry.times.filter((t) => t >= now - FPS_WINDOW_MS);
-  const span = recent.length > 1 ? Math.max(now - recent[0], 1000) : FPS_WINDOW_MS;
-  return { fps: recent.length > 1 ? (recent.length * 1000) / span : 0, last: entry.last, ageMs: now - entry.lastAt };
-}
-
-export function forgetStats(keep) {
-  for (const id of stats.keys()) if (!keep.has(id)) stats.delete(id);
+export function streamFeed(id) {
+  return new Feed(`/v1/streams/${encodeURIComponent(id)}/scores`).start();
 }

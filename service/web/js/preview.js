@@ -1,11 +1,11 @@
 // The live view of a stream: GET /v1/streams/{id}/preview.jpg (latest scored frame, heatmap, box)
 // fetched one at a time. The next request goes out only once the previous image is decoded and
-// shown, no sooner than `interval` ms later, and only when the stream scored a newer frame: the
-// browser sets the pace, a slow one simply sees fewer frames, and scoring never waits for it.
+// shown, and no sooner than `interval` ms after the previous one; it carries the shown picture's
+// ETag, so an unchanged stream answers 304 with no body and no rendering. The browser sets the
+// pace: a slow one simply sees fewer frames, and scoring never waits for it.
 
 import { ApiError, fetchBlob } from "./api.js";
 import { sleep } from "./dom.js";
-import { streamStats } from "./feeds.js";
 
 export class Preview {
   constructor(img, streamId, { interval = 250, maxSide = 640, alpha = 0.5, onStatus = () => {} } = {}) {
@@ -17,14 +17,13 @@ export class Preview {
     this.onStatus = onStatus;
     this.controller = new AbortController();
     this.url = null;
-    this.shown = -1; // frame index on screen
-    this.force = false;
+    this.etag = null; // of the picture shown
     this.loop();
   }
 
   setAlpha(alpha) {
     this.alpha = alpha;
-    this.force = true;
+    this.etag = null;
   }
 
   stop() {
@@ -37,35 +36,29 @@ export class Preview {
     const signal = this.controller.signal;
     while (!signal.aborted) {
       const started = performance.now();
-      const latest = streamStats(this.streamId).last?.frame_index;
-      // Without live results for it (the feed saw none since the page opened), look every 2 s.
-      const unknown = latest === undefined && performance.now() - (this.fetchedAt ?? -Infinity) > 2000;
-      const stale = unknown || (latest !== undefined && latest !== this.shown) || this.force;
-      if (document.hidden || !this.img.isConnected || !stale) {
+      if (document.hidden || !this.img.isConnected) {
         await sleep(this.interval, signal);
         continue;
       }
-      this.force = false;
-      this.fetchedAt = performance.now();
       try {
         const path = `/v1/streams/${encodeURIComponent(this.streamId)}/preview.jpg?alpha=${this.alpha}&max_side=${this.maxSide}`;
-        const { blob, response } = await fetchBlob(path, { signal });
-        if (blob === null) {
+        const { blob, response } = await fetchBlob(path, { signal, headers: this.etag ? { "If-None-Match": this.etag } : {} });
+        if (response.status === 204) {
           this.onStatus(response.headers.get("X-Reason") || "no scored frame yet");
           await sleep(1000, signal);
           continue;
         }
-        const url = URL.createObjectURL(blob);
-        const next = new Image();
-        next.src = url;
-        await next.decode();
-        if (signal.aborted) { URL.revokeObjectURL(url); break; }
-        this.img.src = url;
-        if (this.url) URL.revokeObjectURL(this.url);
-        this.url = url;
-        this.shown = Number(response.headers.get("X-Frame-Index"));
-        this.img.dataset.frame = String(this.shown);
-        this.onStatus(null);
+        if (blob !== null) {
+          const url = URL.createObjectURL(blob);
+          this.img.src = url; // the previous picture stays on screen until this one is decoded
+          await this.img.decode().catch(() => {});
+          if (this.url) URL.revokeObjectURL(this.url);
+          if (signal.aborted) { URL.revokeObjectURL(url); break; }
+          this.url = url;
+          this.etag = response.headers.get("ETag");
+          this.img.dataset.frame = response.headers.get("X-Frame-Index");
+          this.onStatus(null);
+        }
       } catch (error) {
         if (signal.aborted) break;
         if (error instanceof ApiError && error.status === 404) { this.onStatus(error.detail); break; }

@@ -1,13 +1,12 @@
 // Overview: every stream as a tile with its live view (frame, heatmap, top window), state, fps,
-// latency and open event; filter by name. A running stream that gets no frame for STALL_MS shows
-// "stalled" (the list is polled every POLL_MS and results arrive live over /v1/scores).
+// latency and open event; filter by name. The list is polled every POLL_MS (fps: scored frames
+// between two polls); a running stream that receives no frame for STALL_MS shows "stalled".
 
 import { api } from "../api.js";
 import { fmt, h, setText } from "../dom.js";
-import { forgetStats, streamStats } from "../feeds.js";
 import { Preview } from "../preview.js";
 
-const POLL_MS = 2000;
+const POLL_MS = 1000;
 const STALL_MS = 4000;
 const FILTER_KEY = "vad-overview-filter";
 
@@ -60,15 +59,15 @@ export function mount(root) {
           h("div", {}, h("dt", { text: "z" }), h("dd", {}, parts.z)),
           h("div", {}, h("dt", { text: "scored" }), h("dd", {}, parts.scored)))));
     const preview = new Preview(img, stream.id, {
-      interval: 500, maxSide: 360,
+      interval: 1000, maxSide: 360,
       onStatus: (why) => { placeholder.hidden = why === null; if (why) setText(placeholder, why); },
     });
-    return { el, parts, preview, stream, received: stream.frames_received, receivedAt: performance.now() };
+    const now = performance.now();
+    return { el, parts, preview, stream, receivedAt: now, fps: null, counted: { scored: stream.frames_scored, at: now } };
   }
 
   function update(entry) {
     const { parts, stream } = entry;
-    const live = streamStats(stream.id);
     setText(parts.title, stream.name);
     setText(parts.state, stateLabel(stream));
     parts.state.className = `badge state-${stream.state}`;
@@ -79,13 +78,13 @@ export function mount(root) {
     const reason = stream.state_reason || stream.warnings?.[0];
     parts.reason.hidden = !reason;
     setText(parts.reason, reason || "");
-    const last = live.last ?? stream.last_result;
-    setText(parts.fps, fmt(live.fps, 1));
+    const last = stream.last_result;
+    setText(parts.fps, entry.fps === null ? "–" : fmt(entry.fps, 1));
     setText(parts.latency, last ? `${fmt(last.latency_ms, 0)} ms` : "–");
     setText(parts.z, last ? fmt(last.smoothed_score) : "–");
-    setText(parts.scored, String(Math.max(stream.frames_scored, last?.frame_index ?? 0)));
+    setText(parts.scored, String(stream.frames_scored));
     // Stalled: a stream that should be scoring has had no frame for a few seconds.
-    const idleMs = Math.min(live.ageMs, performance.now() - entry.receivedAt);
+    const idleMs = performance.now() - entry.receivedAt;
     const active = ["running", "learning", "warming"].includes(stream.state);
     const stalled = active && stream.frames_received > 0 && idleMs > STALL_MS;
     parts.stall.hidden = !stalled;
@@ -105,7 +104,12 @@ export function mount(root) {
     for (const stream of streams) {
       let entry = tiles.get(stream.id);
       if (!entry) { entry = tile(stream); tiles.set(stream.id, entry); }
-      if (stream.frames_received !== entry.stream.frames_received) entry.receivedAt = performance.now();
+      const now = performance.now();
+      if (stream.frames_received !== entry.stream.frames_received) entry.receivedAt = now;
+      if (now - entry.counted.at >= 900) {
+        entry.fps = ((stream.frames_scored - entry.counted.scored) * 1000) / (now - entry.counted.at);
+        entry.counted = { scored: stream.frames_scored, at: now };
+      }
       entry.stream = stream;
     }
     const wanted = shown.map((s) => tiles.get(s.id).el);
@@ -119,7 +123,6 @@ export function mount(root) {
       try {
         streams = (await api("/v1/streams")).data;
         error.hidden = true;
-        forgetStats(new Set(streams.map((s) => s.id)));
         render();
       } catch (failure) {
         if (failure.status !== 401) { error.hidden = false; setText(error, `Cannot list the streams: ${failure.message}`); }
@@ -129,11 +132,9 @@ export function mount(root) {
   }
 
   filter.addEventListener("input", () => { sessionStorage.setItem(FILTER_KEY, filter.value); render(); });
-  const ticker = setInterval(() => { for (const s of streams) { const e = tiles.get(s.id); if (e?.el.isConnected) update(e); } }, 500);
   poll();
   return () => {
     stopped = true;
-    clearInterval(ticker);
     for (const entry of tiles.values()) entry.preview.stop();
   };
 }

@@ -4,7 +4,7 @@
 import { api, fieldOf } from "../api.js";
 import { ScoreChart } from "../chart.js";
 import { fmt, fmtTime, h, setText } from "../dom.js";
-import { eventFeed, scoreFeed } from "../feeds.js";
+import { eventFeed, streamFeed } from "../feeds.js";
 import { Preview } from "../preview.js";
 import { RegionEditor } from "../regions.js";
 import { stateLabel } from "./overview.js";
@@ -141,7 +141,7 @@ export function mount(root, id) {
   const setAlphaText = () => setText(alphaValue, `${Math.round(alpha.value * 100)} %`);
   setAlphaText();
   const preview = new Preview(img, id, {
-    interval: 200, alpha: Number(alpha.value),
+    interval: 250, alpha: Number(alpha.value),
     onStatus: (why) => { placeholder.hidden = why === null; if (why) setText(placeholder, why); },
   });
   alpha.addEventListener("input", () => {
@@ -191,7 +191,8 @@ export function mount(root, id) {
     }
   });
 
-  const unsubscribeScores = scoreFeed.subscribe((result) => { if (result.stream_id === id) chart.add(result); });
+  const scores = streamFeed(id);
+  scores.subscribe((result) => chart.add(result));
   const unsubscribeEvents = eventFeed.subscribe((change) => {
     if (change.event.stream_id === id) chart.setEvent(change.event);
   });
@@ -323,7 +324,7 @@ export function mount(root, id) {
     stopped = true;
     preview.stop();
     chart.destroy();
-    unsubscribeScores();
+    scores.close();
     unsubscribeEvents();
     window.removeEventListener("themechange", onTheme);
   };

@@ -57,6 +57,7 @@ def create_app(settings: Settings, source_factory: SourceFactory | None | Litera
         ),
         lifespan=lifespan,
         docs_url=None,  # /docs is served by service/api/web.py, from local files (FastAPI's loads a CDN)
+        redoc_url=None,  # ReDoc would load from a CDN: /docs is the one API page
     )
     errors.install(app)
     app.add_middleware(RequestGuard, settings=settings)  # token and body size, before any body is read

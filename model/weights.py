@@ -15,6 +15,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
+from .files import write_atomically
 from .network import DESDnet, DESDnetConfig
 from .scoring import zscore, zscore_inverse
 
@@ -124,22 +125,8 @@ def save_weights(
 
 
 def _write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """Write a safetensors file atomically (temp file, then rename), readable like any file the process writes.
-
-    safetensors' `save_file` creates its file with mode 0600, which a container running as another user
-    cannot read; serialising to bytes and writing them with `open` gives 0666 less the umask.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = save(tensors, metadata=metadata)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.unlink(missing_ok=True)  # a temp file left by an older save keeps its mode when reopened
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Write a safetensors file atomically, readable like any file the process writes (`write_atomically`)."""
+    write_atomically(path, save(tensors, metadata=metadata))
 
 
 def read_metadata(path: Path) -> dict[str, str]:

@@ -32,7 +32,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import re
 import statistics
 import time
@@ -44,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
+from model.files import write_atomically
 from model.scoring import zscore, zscore_inverse
 from model.weights import Calibration
 
@@ -340,11 +340,8 @@ class CalibrationStore:
     def save(self, learned: LearnedCalibration) -> None:
         if self.folder is None:
             return
-        path = self._path(learned.model, learned.stream_name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(asdict(learned), indent=2) + "\n")
-        tmp.replace(path)
+        write_atomically(self._path(learned.model, learned.stream_name),
+                         (json.dumps(asdict(learned), indent=2) + "\n").encode())
         self._prune()
 
     def _prune(self) -> None:

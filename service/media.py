@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import queue
 import statistics
 import threading
@@ -25,6 +24,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from model.files import write_atomically
+
 from .events import ClipFrame, EventMedia
 from .eventtypes import EventChange, EventRecord
 from .heatmap import heatmap_image
@@ -34,18 +35,6 @@ log = logging.getLogger("vad.media")
 SNAPSHOT_QUALITY = 90
 CLIP_CRF = "23"
 BOX_COLOUR = (0, 255, 255)  # yellow in BGR: visible on the jet colour map
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def snapshot_images(record: EventRecord, media: EventMedia) -> tuple[bytes, bytes] | None:
@@ -123,7 +112,7 @@ def write_media(folder: Path, record: EventRecord, media: EventMedia) -> EventRe
             for key, suffix, data in (("snapshot_path", ".jpg", images[0]),
                                       ("clean_snapshot_path", "-clean.jpg", images[1])):
                 relative = base.with_name(base.name + suffix)
-                _atomic_write(folder / relative, data)
+                write_atomically(folder / relative, data)
                 written[key], size = str(relative), size + len(data)
         else:
             errors.append("no frame was kept for the snapshot")
@@ -133,7 +122,7 @@ def write_media(folder: Path, record: EventRecord, media: EventMedia) -> EventRe
         data = clip_bytes(media.clip)
         if data is not None:
             relative = base.with_name(base.name + ".mp4")
-            _atomic_write(folder / relative, data)
+            write_atomically(folder / relative, data)
             written["clip_path"], size = str(relative), size + len(data)
         else:
             errors.append("fewer than 2 frames were kept for the clip")

@@ -196,8 +196,9 @@ def test_saved_files_get_the_mode_of_a_normal_file(tmp_path: Path, umask: int) -
         _, path = saved(tmp_path / "w.safetensors")
         half = tmp_path / "sub" / "w.fp16.safetensors"
         store_as(path, half)
-        (tmp_path / "w.safetensors.tmp").write_bytes(b"left by a crashed save")
-        (tmp_path / "w.safetensors.tmp").chmod(0o600)
+        stale = tmp_path / f".w.safetensors.{os.getpid()}.tmp"  # model.files.write_atomically's temp name
+        stale.write_bytes(b"left by a crashed save")
+        stale.chmod(0o600)
         saved(tmp_path / "w.safetensors")  # over a stale temp file of mode 0600
         plain = tmp_path / "plain"
         with open(plain, "w"):

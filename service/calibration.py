@@ -253,14 +253,15 @@ class StreamCalibration:
 
     # --- operator actions ---------------------------------------------------------------------
     def relearn(self) -> None:
-        self.choice = CalibrationChoice(CalibrationMode.LEARN)
-        self.learned, self.reason, self._samples, self._check = None, None, [], []
-        self.status = CalibrationStatus.LEARNING
+        self._restart(CalibrationMode.LEARN, CalibrationStatus.LEARNING)
 
     def use_model(self) -> None:
-        self.choice = CalibrationChoice(CalibrationMode.MODEL)
+        self._restart(CalibrationMode.MODEL, CalibrationStatus.MODEL)
+
+    def _restart(self, mode: CalibrationMode, status: CalibrationStatus) -> None:
+        self.choice = CalibrationChoice(mode)
         self.learned, self.reason, self._samples, self._check = None, None, [], []
-        self.status = CalibrationStatus.MODEL
+        self.status = status
 
     def view(self) -> CalibrationView:
         mean, std = self._statistics()

@@ -121,14 +121,20 @@ class ServiceContext:
         assert slot.worker is not None
 
         def at_switch(new: ModelRuntime) -> None:
-            slot.scorer.set_model_calibration(new.calibration, new.threshold)
+            self._take_runtime(slot, new)
             slot.scorer.relearn_learned("the model's weights changed")
-            slot.runtime, slot.weights_sha256 = new, digest
-            if slot is self.default:
-                self.runtime = new
+            slot.weights_sha256 = digest
 
         slot.worker.switch_runtime(runtime, at_switch)
         self._publish_model_info()
+
+    def _take_runtime(self, slot: ModelSlot, new: ModelRuntime) -> None:
+        """A slot's new runtime (another backend, or reloaded weights): run by its worker between two batches,
+        so the score stage normalises with the new calibration from the batch the new runtime scores."""
+        slot.scorer.set_model_calibration(new.calibration, new.threshold)
+        slot.runtime = new
+        if slot is self.default:
+            self.runtime = new
 
     def _make_manager(self) -> StreamManager:
         scenes = self.settings.scenes
@@ -278,17 +284,10 @@ class ServiceContext:
     def _switch_runtime(self, runtime: ModelRuntime) -> bool:
         """The autotune's choice (its thread): the inference worker takes it between two batches, and the
         score stage normalises with its calibration from that same batch on. False when stopping."""
-        worker, scorer = self.worker, self.scorer
-        if self.stopping or worker is None or scorer is None or not worker.alive:
+        slot = self.default
+        if self.stopping or slot is None or slot.worker is None or not slot.worker.alive:
             return False
-
-        def at_switch(new: ModelRuntime) -> None:  # between two batches, on the worker's lock
-            scorer.set_model_calibration(new.calibration, new.threshold)
-            self.runtime = new
-            if self.default is not None:
-                self.default.runtime = new
-
-        worker.switch_runtime(runtime, at_switch)
+        slot.worker.switch_runtime(runtime, lambda new: self._take_runtime(slot, new))
         self.metrics.backend_switches.inc()
         self._publish_model_info()
         return True

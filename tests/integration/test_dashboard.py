@@ -251,13 +251,21 @@ def test_ped2_clip_from_the_form_to_a_labelled_event(start_server, open_page, pe
     page.wait_for_selector("#draw-region:not([disabled])")
     page.click("#draw-region")
     overlay = page.locator("svg.regions")
+    # The live picture may still be settling its size under load: click once the overlay's box is stable,
+    # so the clicks land inside the frame.
     box = overlay.bounding_box()
+    for _ in range(50):
+        time.sleep(0.1)
+        again = overlay.bounding_box()
+        if again == box:
+            break
+        box = again
     clicks = [(0.1, 0.1), (0.4, 0.1), (0.1, 0.5)]
     for fx, fy in clicks:
         overlay.click(position={"x": box["width"] * fx, "y": box["height"] * fy})
     page.click("#finish-region")
     page.click("#save-regions")
-    regions = wait_for(lambda: api.get(f"/v1/streams/{stream_id}").json()["ignore_regions"])
+    regions = wait_for(lambda: api.get(f"/v1/streams/{stream_id}").json()["ignore_regions"], timeout=40.0)
     assert len(regions) == 1 and len(regions[0]) == 3
     width, height = stream_size = (360, 240)  # Ped2 frames
     for (x, y), (fx, fy) in zip(regions[0], clicks, strict=True):

@@ -16,6 +16,7 @@ import re
 import statistics
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +123,7 @@ class _FramePoster:
 async def _run_streams(
     url: str, videos: list[list[bytes]], seconds: float, fps_per_stream: float | None, headers: dict[str, str],
     transport: str = "http", window: int = E2E_WS_WINDOW, server_pid: int | None = None,
+    settle_seconds: float = 0.0, on_timing: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     import asyncio
 
@@ -218,6 +220,15 @@ async def _run_streams(
                     return
 
         await asyncio.gather(*(warm(i) for i in range(n)))
+        settled = time.perf_counter() + settle_seconds
+
+        async def settle(i: int) -> None:  # untimed, one frame under way: what watches the streams settles
+            while time.perf_counter() < settled:
+                await push(i, timed=False)
+
+        await asyncio.gather(*(settle(i) for i in range(n)))
+        if on_timing is not None:
+            on_timing("start")
         metrics_before = (await clients[0].get("/metrics")).text
         server_cpu_began = process_cpu_seconds(server_pid) if server_pid else None
         began, client_cpu_began = time.perf_counter(), time.process_time()
@@ -253,6 +264,8 @@ async def _run_streams(
         await asyncio.wait_for(asyncio.gather(*(run(i) for i in range(n))), seconds + 60)
         ended, client_cpu = time.perf_counter(), time.process_time() - client_cpu_began
         server_cpu_ended = process_cpu_seconds(server_pid) if server_pid else None
+        if on_timing is not None:
+            on_timing("end")
         # Let the WebSocket feeds catch up with what was scored (bounded).
         catch_up = time.perf_counter() + 3.0
         while time.perf_counter() < catch_up and any(received[i] < scored_all[i] for i in range(n)):
@@ -336,6 +349,8 @@ def bench_end_to_end(
     transport: str = "http",
     window: int = E2E_WS_WINDOW,
     server_pid: int | None = None,
+    settle_seconds: float = 0.0,
+    on_timing: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Part (b), one run against a running `vad serve` at `url` (e.g. "http://127.0.0.1:8000").
 
@@ -352,6 +367,10 @@ def bench_end_to_end(
     transport "http" pushes each frame with POST /v1/streams/{id}/frames as described; "websocket"
     sends them over one /v1/streams/{id}/ingest connection per stream, keeping `window` frames under
     way (closed loop with pipelining; no fixed-rate mode).
+
+    `settle_seconds`: after the first scores, keep pushing (untimed, one frame under way) this long
+    before the timed part, e.g. for dashboard pages to open the new streams. `on_timing("start")`
+    and `on_timing("end")` are called (from the load's own thread) around the timed part.
     """
     import asyncio
 
@@ -362,7 +381,8 @@ def bench_end_to_end(
     videos, described = load_stream_frames(source, streams)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     result = asyncio.run(
-        _run_streams(url.rstrip("/"), videos, seconds, fps_per_stream, headers, transport, window, server_pid)
+        _run_streams(url.rstrip("/"), videos, seconds, fps_per_stream, headers, transport, window, server_pid,
+                     settle_seconds, on_timing)
     )
     if transport == "websocket":
         mode = f"pipelined, {window} under way"

@@ -209,6 +209,8 @@ class ServiceContext:
             ("clip",): float(self.events.clip_frames_dropped)})
         live.read("vad_data_dir_free_bytes", lambda: {(): self._disk()[0]})
         live.read("vad_data_dir_size_bytes", lambda: {(): self._disk()[1]})
+        live.read("vad_inference_busy_ratio", lambda: {
+            (slot.name,): slot.worker.busy.share() for slot in self.models.slots() if slot.worker is not None})
         if rt is None:
             self.metrics.model.info({"weights": s.weights.name, "loaded": "false"})
             return

@@ -24,6 +24,7 @@ so no frame is dropped or reordered by a switch.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -44,6 +45,39 @@ from .runtime import ModelRuntime
 log = logging.getLogger("vad.infer")
 
 ACTIVE_PRODUCER_S = 1.0
+BUSY_TAU_S = 3.0  # time constant of the worker's busy share
+
+
+class BusyMeter:
+    """The share of recent wall time the worker spent on batches (model, score stage, answers): an
+    exponential average with time constant `tau` s. Written by the worker, read from any thread (each
+    field replaced whole). Near 1: the model is the bottleneck; frames queue or are dropped."""
+
+    def __init__(self, tau: float = BUSY_TAU_S) -> None:
+        self.tau = tau
+        self._state = (0.0, time.monotonic())  # (share, monotonic time it was computed at)
+        self._running_since: float | None = None  # start of the batch under way
+
+    def begin(self, now: float) -> None:
+        self._running_since = now
+
+    def end(self, now: float) -> None:
+        began = self._running_since if self._running_since is not None else now
+        self._state = (self._at(began, now), now)
+        self._running_since = None
+
+    def _at(self, began: float | None, now: float) -> float:
+        """The share at `now`: idle from the last update to `began` (or to now), busy after it."""
+        share, at = self._state
+        start = now if began is None else max(began, at)
+        share *= math.exp(-max(0.0, start - at) / self.tau)
+        if began is not None:
+            keep = math.exp(-max(0.0, now - start) / self.tau)
+            share = share * keep + (1.0 - keep)
+        return share
+
+    def share(self, now: float | None = None) -> float:
+        return self._at(self._running_since, time.monotonic() if now is None else now)
 
 
 @dataclass(eq=False)
@@ -218,6 +252,7 @@ class InferenceWorker:
         # Called with each scored batch after its answers went out, until it returns False (the
         # autotune collects its calibration clips so); an error in it only logs.
         self.clip_tap: Callable[[list[Job]], bool] | None = None
+        self.busy = BusyMeter()
 
     @property
     def alive(self) -> bool:
@@ -247,8 +282,10 @@ class InferenceWorker:
                 batch = self.queue.take_batch(self.max_batch, self.batch_wait_s)
                 if not batch:
                     return
+                self.busy.begin(time.monotonic())
                 with self._batch_lock:
                     self._score(batch)
+                self.busy.end(time.monotonic())
                 self._tap(batch)
         except BaseException as exc:  # a bug here must show up in /readyz, not vanish with the thread
             self.failure = f"inference worker stopped: {exc!r}"

@@ -53,6 +53,8 @@ EXTERNAL: dict[str, tuple[str, str, tuple[str, ...]]] = {
                           ("what",)),
     "vad_data_dir_free_bytes": ("Free bytes on the file system of the service's data folder", "gauge", ()),
     "vad_data_dir_size_bytes": ("Size of the file system of the service's data folder", "gauge", ()),
+    "vad_inference_busy_ratio": ("Share of recent wall time (3 s time constant) a model's inference worker spent "
+                                 "on batches; near 1 the model is the bottleneck", "gauge", ("model",)),
 }
 
 

@@ -34,12 +34,14 @@ CLOSE_POLICY = 1008
 
 
 class _Client:
-    def __init__(self, stream_id: str | None, queue_size: int) -> None:
+    def __init__(self, stream_id: str | None, queue_size: int, batch_seconds: float = 0.0) -> None:
         self.stream_id = stream_id  # None: every stream
         self.queue: deque[str] = deque()
         self.queue_size = queue_size
+        self.batch_seconds = batch_seconds  # > 0: one JSON array of the interval's messages per send
         self.wakeup = asyncio.Event()
         self.close_with: tuple[int, str, str] | None = None  # (code, reason, metric reason)
+        self.closing = asyncio.Event()
 
     def offer(self, text: str) -> bool:
         """Queue a message; returns True when the oldest had to be dropped to make room."""
@@ -53,6 +55,7 @@ class _Client:
     def request_close(self, code: int, reason: str, metric_reason: str) -> None:
         if self.close_with is None:
             self.close_with = (code, reason, metric_reason)
+        self.closing.set()
         self.wakeup.set()
 
 
@@ -122,16 +125,18 @@ class ScoreHub:
         while self._serving and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.01)
 
-    async def serve(self, websocket: WebSocket, stream_id: str | None) -> None:
-        """Run one accepted subscriber until it leaves, is closed, or its stream is deleted."""
+    async def serve(self, websocket: WebSocket, stream_id: str | None, batch_seconds: float = 0.0) -> None:
+        """Run one accepted subscriber until it leaves, is closed, or its stream is deleted. With
+        `batch_seconds` > 0 it gets at most one message per interval: a JSON array of the messages
+        of that interval (a dashboard's chart needs every point, not a wake-up per frame)."""
         self._serving += 1
         try:
-            await self._serve(websocket, stream_id)
+            await self._serve(websocket, stream_id, batch_seconds)
         finally:
             self._serving -= 1
 
-    async def _serve(self, websocket: WebSocket, stream_id: str | None) -> None:
-        client = _Client(stream_id, self.queue_size)
+    async def _serve(self, websocket: WebSocket, stream_id: str | None, batch_seconds: float) -> None:
+        client = _Client(stream_id, self.queue_size, batch_seconds)
         self._clients.add(client)
         sender = asyncio.create_task(self._send_loop(websocket, client))
         receiver = asyncio.create_task(self._receive_loop(websocket))
@@ -162,7 +167,18 @@ class ScoreHub:
                 client.wakeup.clear()
                 await client.wakeup.wait()
                 continue
-            text = client.queue.popleft()
+            if client.batch_seconds > 0:
+                # Let the interval's messages gather (a close request cuts the wait short).
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(client.closing.wait(), timeout=client.batch_seconds)
+                if client.close_with is not None:
+                    return
+                count = len(client.queue)
+                text = "[" + ",".join(client.queue) + "]"
+                client.queue.clear()
+            else:
+                count = 1
+                text = client.queue.popleft()
             try:
                 await asyncio.wait_for(websocket.send_text(text), timeout=self.stuck_seconds)
             except TimeoutError:
@@ -174,7 +190,7 @@ class ScoreHub:
             except (WebSocketDisconnect, RuntimeError, OSError):
                 client.request_close(CLOSE_NORMAL, "", "client_closed")
                 return
-            self.metrics.websocket_sent.inc()
+            self.metrics.websocket_sent.inc(count)
 
     @staticmethod
     async def _receive_loop(websocket: WebSocket) -> dict:

@@ -328,6 +328,11 @@ class StreamManager:
         with stream.lock:
             return stream.info(self.events)
 
+    def model_busy(self, stream_id: str) -> float:
+        """The busy share (0..1) of the inference worker scoring this stream."""
+        worker = self._get(stream_id).slot.worker
+        return worker.busy.share() if worker is not None else 0.0
+
     def list(self) -> list[StreamInfo]:
         with self._lock:
             streams = list(self._streams.values())

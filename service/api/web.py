@@ -10,7 +10,9 @@
   the top window's box, as a small JPEG for the dashboard. The page asks for the next one only once
   the previous one has loaded, with its ETag: an unchanged stream answers 304 without rendering.
   Rendering runs on the thread pool, off the scoring path, at the rate the browser can follow; the
-  last renderings are kept, so two open tabs cost one rendering per frame.
+  last renderings are kept, so two open tabs cost one rendering per frame. `X-Model-Busy` gives the
+  share of recent time the stream's model worker was busy: near 1 the pages slow their live views,
+  leaving the CPU to scoring.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-
 CARD_MAX_BYTES = 4 * 1024 * 1024
 PREVIEW_QUALITY = 80
 PREVIEW_CACHE_ENTRIES = 64
+PREVIEW_CACHE_BYTES = 16 * 1024 * 1024
 
 pages = APIRouter(include_in_schema=False)
 router = APIRouter(prefix="/v1/streams", tags=["frames"], dependencies=[Authorized])
@@ -107,10 +110,14 @@ async def swagger_ui() -> HTMLResponse:
 
 
 class PreviewCache:
-    """The last rendered preview per (stream, frame, options); bounded, thread-safe."""
+    """The last rendered previews per (stream, frame, options); thread-safe, bounded in entries and
+    bytes, least recently used dropped first (`evicted` counts them)."""
 
-    def __init__(self, entries: int = PREVIEW_CACHE_ENTRIES) -> None:
+    def __init__(self, entries: int = PREVIEW_CACHE_ENTRIES, max_bytes: int = PREVIEW_CACHE_BYTES) -> None:
         self.entries = entries
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.evicted = 0
         self._lock = threading.Lock()
         self._items: OrderedDict[tuple, bytes] = OrderedDict()
 
@@ -122,11 +129,17 @@ class PreviewCache:
             return found
 
     def put(self, key: tuple, data: bytes) -> None:
+        if len(data) > self.max_bytes:
+            return  # would evict everything else: not kept
         with self._lock:
+            previous = self._items.pop(key, None)
+            self.bytes -= len(previous) if previous is not None else 0
             self._items[key] = data
-            self._items.move_to_end(key)
-            while len(self._items) > self.entries:
-                self._items.popitem(last=False)
+            self.bytes += len(data)
+            while len(self._items) > self.entries or self.bytes > self.max_bytes:
+                _, dropped = self._items.popitem(last=False)
+                self.bytes -= len(dropped)
+                self.evicted += 1
 
 
 _cache = PreviewCache()
@@ -156,7 +169,10 @@ def render_preview(record: HeatmapRecord, alpha: float, max_side: int, box: bool
     response_class=Response,
     responses={
         200: {"content": {"image/jpeg": {}}, "description": "the latest scored frame with its heatmap and box",
-              "headers": {"X-Frame-Index": {"description": "the frame shown", "schema": {"type": "integer"}}}},
+              "headers": {"X-Frame-Index": {"description": "the frame shown", "schema": {"type": "integer"}},
+                          "X-Model-Busy": {"description": "share (0 to 1) of recent time the stream's model "
+                                           "worker was busy; the dashboard slows its live views above 0.85",
+                                           "schema": {"type": "number"}}}},
         204: {"description": "no scored frame to show yet (or none kept any more); X-Reason says why"},
         304: {"description": "If-None-Match names the latest picture (its ETag): nothing newer to show"},
         404: {"model": ErrorOut, "description": "no such stream"},
@@ -181,7 +197,8 @@ async def preview(
     side = min(max_side, max(record.result.frame_width, record.result.frame_height))
     index = record.result.frame_index
     etag = f'"{index}-{alpha:.3f}-{side}-{int(box)}"'
-    headers = {"X-Frame-Index": str(index), "ETag": etag, "Cache-Control": "no-cache"}
+    busy = context.manager.model_busy(stream_id)
+    headers = {"X-Frame-Index": str(index), "ETag": etag, "Cache-Control": "no-cache", "X-Model-Busy": f"{busy:.2f}"}
     if request.headers.get("if-none-match") == etag:  # the page shows this picture already: no rendering
         return Response(status_code=304, headers=headers)
     key = (stream_id, index, round(alpha, 3), side, box)

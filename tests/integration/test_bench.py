@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -61,7 +62,18 @@ def test_vad_bench_runs_the_server_part_and_reports_overhead(tiny_weights: Path,
 
 
 def test_websocket_transport_run_against_a_running_server(vad_server: RunningServer) -> None:
-    row = bench_end_to_end(vad_server.base, streams=2, seconds=1.5, transport="websocket")
+    marks: list[tuple[str, float, int]] = []  # phase, time, frames the server had scored
+
+    def on_timing(phase: str) -> None:
+        scored = sum(s["frames_scored"] for s in vad_server.client().get("/v1/streams").json()["data"])
+        marks.append((phase, time.monotonic(), scored))
+
+    began = time.monotonic()
+    row = bench_end_to_end(vad_server.base, streams=2, seconds=1.5, transport="websocket", settle_seconds=1.0,
+                           on_timing=on_timing)
+    assert [m[0] for m in marks] == ["start", "end"]
+    assert marks[0][1] - began >= 1.0 and marks[1][1] - marks[0][1] >= 1.5  # settled, then timed
+    assert marks[0][2] > 2  # frames were scored while settling, untimed
     assert row["transport"] == "websocket" and row["mode"] == "pipelined, 2 under way"
     assert row["scored"] > 0 and all(s["scored"] > 0 for s in row["per_stream"])
     assert row["sent"] == row["scored"] + row["dropped_responses"] + sum(s["warming"] for s in row["per_stream"])

@@ -30,7 +30,7 @@ import pytest
 from PIL import Image
 
 from model.paths import DEFAULT_WEIGHTS
-from tests.support.serving import RunningServer, encode
+from tests.support.serving import RunningServer, encode, metric_value
 
 ROOT = Path(__file__).resolve().parents[2]
 ASSETS = ROOT / "docs" / "assets"
@@ -174,6 +174,7 @@ def test_page_assets_docs_and_preview(start_server, video) -> None:
         shown = client.get(f"/v1/streams/{stream_id}/preview.jpg", params={"max_side": 90, "alpha": 0.3})
         assert shown.status_code == 200 and shown.headers["content-type"] == "image/jpeg"
         assert int(shown.headers["x-frame-index"]) == 7
+        assert 0.0 < float(shown.headers["x-model-busy"]) < 0.85  # a few frames: far from busy
         same = client.get(f"/v1/streams/{stream_id}/preview.jpg", params={"max_side": 90, "alpha": 0.3},
                           headers={"If-None-Match": shown.headers["etag"]})
         assert same.status_code == 304 and not same.content  # nothing newer: no rendering, no body
@@ -382,3 +383,53 @@ def test_token_is_asked_once_and_used_for_rest_and_websockets(start_server, open
     other.page.get_by_text("No streams yet.").wait_for()
     assert other.page.locator("#token-dialog").is_hidden()
     other.check()
+
+
+def test_live_view_slows_while_the_model_is_busy(start_server, open_page, video) -> None:
+    """A model that is the bottleneck (here: 300 ms per batch of one, fed without pause) makes the
+    stream page ask for at most one picture a second instead of two; it speeds up again after."""
+    server = start_server(extra_inference_latency_ms=300, max_batch=1, batch_wait_ms=0)
+    api = server.client()
+    stream_id = api.post("/v1/streams", json={"name": "busy"}).json()["id"]
+    for frame in video[:5]:
+        api.post(f"/v1/streams/{stream_id}/frames", content=encode(frame), headers={"content-type": "image/jpeg"})
+    watched = open_page(server, f"/#/streams/{stream_id}")
+    page = watched.page
+    page.wait_for_function("() => Number(document.querySelector('img.live')?.dataset.frame) >= 4")
+    assert page.locator("#live-rate").input_value() == "2"
+    assert page.locator("#live-paced").is_hidden()
+
+    def previews() -> int:
+        return sum("preview.jpg" in url for url in watched.requests)
+
+    pushing = threading.Event()
+    pushing.set()
+
+    def push(start: int) -> None:  # two of these: a clip always waits for the worker
+        with server.client() as client:
+            i = start
+            while pushing.is_set():
+                client.post(f"/v1/streams/{stream_id}/frames", content=encode(video[i % len(video)]),
+                            headers={"content-type": "image/jpeg"})
+                i += 2
+
+    pushers = [threading.Thread(target=push, args=(start,), daemon=True) for start in (5, 6)]
+    for pusher in pushers:
+        pusher.start()
+    try:
+        page.locator("#live-paced").wait_for()  # "at most 1 per second while the model is busy"
+        busy = metric_value(api.get("/metrics").text, "vad_inference_busy_ratio", {"model": "tiny"})
+        assert busy >= 0.85, busy
+        before, began = previews(), time.monotonic()
+        page.wait_for_timeout(4000)
+        paced_rate = (previews() - before) / (time.monotonic() - began)
+        assert paced_rate <= 1.3, paced_rate  # 1 per second (2 per second unpaced)
+    finally:
+        pushing.clear()
+        for pusher in pushers:
+            pusher.join(10)
+    page.locator("#live-paced").wait_for(state="hidden")  # idle again: the busy share decays
+    before, began = previews(), time.monotonic()
+    page.wait_for_timeout(3000)
+    assert (previews() - before) / (time.monotonic() - began) >= 1.5  # back to 2 per second (304s count)
+    watched.check()

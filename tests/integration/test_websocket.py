@@ -12,7 +12,7 @@ import time
 
 import httpx
 import pytest
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from tests.support.serving import RunningServer, encode, metric_value
@@ -55,6 +55,49 @@ def test_all_streams_feed_and_close_on_delete(vad_server: RunningServer, video) 
         assert closed.value.rcvd.reason == "stream deleted"
         push(vad_server, b, video[16:17])  # the all-streams feed stays open
         assert receive(everything, 1)[0]["stream_id"] == b
+
+
+def test_batched_feed_sends_every_result_in_few_arrays(vad_server: RunningServer, video) -> None:
+    sid = httpx.post(vad_server.url("/v1/streams"), json={}).json()["id"]
+    def sent_total() -> float:
+        return metric_value(httpx.get(vad_server.url("/metrics")).text, "vad_websocket_messages_sent_total")
+
+    sent_before = sent_total()
+    with connect(vad_server.ws_url(f"/v1/streams/{sid}/scores?batch_ms=400"), open_timeout=10) as ws, \
+            connect(vad_server.ws_url(f"/v1/streams/{sid}/scores"), open_timeout=10) as plain:
+        began = time.monotonic()
+        responses = push(vad_server, sid, video[:24])
+        pushed_in = time.monotonic() - began
+        scored = [r for r in responses if r["status"] == "scored"]
+        got: list[dict] = []
+        batches = 0
+        while len(got) < len(scored):
+            batch = json.loads(ws.recv(timeout=20))
+            assert isinstance(batch, list) and batch, batch
+            got += batch
+            batches += 1
+        assert receive(plain, len(scored)) == scored  # the plain feed is unchanged: one object per frame
+    assert got == scored  # every result, in order, the same objects
+    # At most one message per 400 ms while the frames were scored (plus the interval under way).
+    assert batches <= pushed_in / 0.4 + 2, (batches, pushed_in)
+    assert batches < len(scored)
+    deadline = time.monotonic() + 5  # the counter moves once a send returned
+    while sent_total() - sent_before < 2 * len(scored) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sent_total() - sent_before == 2 * len(scored)  # counted per result, batched or not
+
+
+def test_bad_batch_interval_is_refused_with_a_message(vad_server: RunningServer) -> None:
+    sid = httpx.post(vad_server.url("/v1/streams"), json={}).json()["id"]
+    for bad in ("-5", "abc", "10001", "1.5"):
+        with pytest.raises(InvalidStatus) as caught:
+            connect(vad_server.ws_url(f"/v1/streams/{sid}/scores?batch_ms={bad}"), open_timeout=10)
+        response = caught.value.response
+        assert response.status_code == 422, bad
+        assert b"batch_ms" in response.body, response.body
+    with pytest.raises(InvalidStatus) as caught:
+        connect(vad_server.ws_url("/v1/scores?batch_ms=x"), open_timeout=10)
+    assert caught.value.response.status_code == 422
 
 
 def _stalled_subscriber(server: RunningServer, path: str) -> socket.socket:

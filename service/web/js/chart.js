@@ -1,7 +1,10 @@
 // The live score chart (uPlot, vendored): the smoothed z-score and the threshold over the last
-// minutes, events shaded. Points are capped and the chart redraws at most twice a second.
+// minutes, events shaded. Frames closer than BUCKET_S in time share one point holding their highest
+// z (a peak is never lost), so five minutes of a 30 fps camera are 1500 points; the chart redraws at
+// most twice a second.
 
 const REDRAW_MS = 500;
+const BUCKET_S = 0.2;
 
 function cssVar(name, fallback) {
   return getComputedStyle(document.documentElement).getPropertyValue(name).trim() || fallback;
@@ -69,6 +72,13 @@ export class ScoreChart {
     if (result.smoothed_score === null || result.smoothed_score === undefined) return;
     const t = result.timestamp;
     if (this.xs.length && t < this.xs.at(-1)) this.clear(); // another clip (time went back): start over
+    const last = this.xs.length - 1;
+    if (last >= 0 && t - this.xs[last] < BUCKET_S) {
+      this.z[last] = Math.max(this.z[last], result.smoothed_score);
+      this.threshold[last] = result.threshold;
+      this.dirty = true;
+      return;
+    }
     this.xs.push(t);
     this.z.push(result.smoothed_score);
     this.threshold.push(result.threshold);
@@ -108,7 +118,7 @@ export class ScoreChart {
     if (!this.xs.length) return "score chart: no scored frame yet";
     const z = this.z.at(-1);
     const thr = this.threshold.at(-1);
-    return `score chart: ${this.xs.length} frames, latest smoothed z ${z.toFixed(2)}, threshold ${thr?.toFixed(2)}`;
+    return `score chart: ${this.xs.length} points, latest smoothed z ${z.toFixed(2)}, threshold ${thr?.toFixed(2)}`;
   }
 
   destroy() {

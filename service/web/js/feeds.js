@@ -1,9 +1,12 @@
 // Live feeds over WebSockets, reconnecting with backoff: /v1/events (event changes; one per tab,
 // for the toasts and the events page) and, on a stream's page only, /v1/streams/{id}/scores (that
-// stream's frame results, for its chart). The overview reads the stream list instead: a feed of
-// every frame of every stream would cost each open tab CPU for nothing it shows.
+// stream's frame results, for its chart), batched: one array every SCORE_BATCH_MS rather than a
+// message per frame, as the chart redraws no faster. The overview reads the stream list instead: a
+// feed of every frame of every stream would cost each open tab CPU for nothing it shows.
 
 import { wsUrl } from "./api.js";
+
+const SCORE_BATCH_MS = 500;
 
 export class Feed {
   constructor(path) {
@@ -49,7 +52,9 @@ export class Feed {
     socket.addEventListener("message", (message) => {
       let data;
       try { data = JSON.parse(message.data); } catch { return; }
-      for (const listener of this.listeners) listener(data);
+      for (const item of Array.isArray(data) ? data : [data]) {
+        for (const listener of this.listeners) listener(item);
+      }
     });
     socket.addEventListener("close", (event) => {
       this.socket = null;
@@ -76,5 +81,5 @@ export class Feed {
 export const eventFeed = new Feed("/v1/events");
 
 export function streamFeed(id) {
-  return new Feed(`/v1/streams/${encodeURIComponent(id)}/scores`).start();
+  return new Feed(`/v1/streams/${encodeURIComponent(id)}/scores?batch_ms=${SCORE_BATCH_MS}`).start();
 }

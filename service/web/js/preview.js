@@ -2,19 +2,27 @@
 // fetched one at a time. The next request goes out only once the previous image is decoded and
 // shown, and no sooner than `interval` ms after the previous one; it carries the shown picture's
 // ETag, so an unchanged stream answers 304 with no body and no rendering. The browser sets the
-// pace: a slow one simply sees fewer frames, and scoring never waits for it.
+// pace: a slow one simply sees fewer frames, and scoring never waits for it. While the stream's
+// model is busy (X-Model-Busy at or above BUSY_SHARE: frames queue for it) the pictures come no
+// more often than every `busyInterval` ms, leaving the CPU to scoring when the browser shares it.
+
+const BUSY_SHARE = 0.85;
 
 import { ApiError, fetchBlob } from "./api.js";
 import { sleep } from "./dom.js";
 
 export class Preview {
-  constructor(img, streamId, { interval = 250, maxSide = 640, alpha = 0.5, onStatus = () => {} } = {}) {
+  constructor(img, streamId, { interval = 500, busyInterval = 1000, maxSide = 640, alpha = 0.5,
+    onStatus = () => {}, onBusy = () => {} } = {}) {
     this.img = img;
     this.streamId = streamId;
     this.interval = interval;
+    this.busyInterval = busyInterval;
+    this.busy = false; // the stream's model was busy at the last answer
     this.maxSide = maxSide;
     this.alpha = alpha;
     this.onStatus = onStatus;
+    this.onBusy = onBusy;
     this.controller = new AbortController();
     this.url = null;
     this.etag = null; // of the picture shown
@@ -43,6 +51,8 @@ export class Preview {
       try {
         const path = `/v1/streams/${encodeURIComponent(this.streamId)}/preview.jpg?alpha=${this.alpha}&max_side=${this.maxSide}`;
         const { blob, response } = await fetchBlob(path, { signal, headers: this.etag ? { "If-None-Match": this.etag } : {} });
+        const busy = Number(response.headers.get("X-Model-Busy") ?? 0) >= BUSY_SHARE;
+        if (busy !== this.busy) { this.busy = busy; this.onBusy(busy); }
         if (response.status === 204) {
           this.onStatus(response.headers.get("X-Reason") || "no scored frame yet");
           await sleep(1000, signal);
@@ -66,7 +76,8 @@ export class Preview {
         await sleep(2000, signal);
         continue;
       }
-      await sleep(Math.max(0, this.interval - (performance.now() - started)), signal);
+      const pace = this.busy ? Math.max(this.interval, this.busyInterval) : this.interval;
+      await sleep(Math.max(0, pace - (performance.now() - started)), signal);
     }
   }
 }

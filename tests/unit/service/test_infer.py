@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from service.infer import FrameQueue, Job
+from service.infer import BusyMeter, FrameQueue, Job
 
 WAIT_S = 1.0  # far above a thread switch: waiting or not is unambiguous
 
@@ -77,3 +77,22 @@ def test_a_producer_gone_quiet_stops_counting() -> None:
     queue.put(job("a", 1))
     batch, waited = take_timed(queue)
     assert len(batch) == 1 and waited < WAIT_S / 2
+
+
+def test_busy_meter_follows_the_share_of_time_spent_on_batches() -> None:
+    meter = BusyMeter(tau=3.0)
+    t = 1000.0
+    meter._state = (0.0, t)
+    for _ in range(300):  # 90 ms batches with 10 ms gaps for 30 s (10 time constants): 90 % busy
+        meter.begin(t + 0.01)
+        meter.end(t + 0.1)
+        t += 0.1
+    assert abs(meter.share(t) - 0.9) < 0.01
+    # A batch under way counts as busy while it runs (not as idle until it ends).
+    meter.begin(t)
+    assert meter.share(t + 1.0) > 0.9
+    meter.end(t + 1.0)
+    t += 1.0
+    # Idle: the share decays with the time constant.
+    assert abs(meter.share(t + 3.0) - meter.share(t) / 2.718281828) < 0.01
+    assert meter.share(t + 30.0) < 0.001

@@ -63,3 +63,21 @@ def test_package_data_ships_every_web_file() -> None:
             relative = path.relative_to(ROOT / "service").as_posix()
             # setuptools' globs: '*' does not cross a '/'.
             assert any(fnmatch(relative, p) and relative.count("/") == p.count("/") for p in patterns), relative
+
+
+def test_preview_cache_is_bounded_in_entries_and_bytes() -> None:
+    from service.api.web import PreviewCache
+
+    cache = PreviewCache(entries=3, max_bytes=100)
+    for i in range(3):
+        cache.put(("s", i), b"x" * 30)
+    assert cache.get(("s", 0)) is not None  # now the most recently used
+    cache.put(("s", 3), b"x" * 30)  # 4 entries, 120 bytes: the least recently used (1) goes
+    assert cache.get(("s", 1)) is None and cache.get(("s", 0)) is not None
+    assert cache.bytes == 90 and cache.evicted == 1
+    cache.put(("s", 4), b"x" * 80)  # over the byte budget: older ones go until it fits
+    assert cache.bytes <= 100 and cache.get(("s", 4)) is not None
+    cache.put(("s", 5), b"x" * 101)  # larger than the whole budget: not kept, nothing evicted for it
+    assert cache.get(("s", 5)) is None and cache.get(("s", 4)) is not None
+    cache.put(("s", 4), b"y" * 10)  # replacing an entry counts its bytes once
+    assert cache.bytes == 10 + sum(len(v) for k, v in cache._items.items() if k != ("s", 4))

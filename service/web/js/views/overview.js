@@ -59,7 +59,7 @@ export function mount(root) {
           h("div", {}, h("dt", { text: "z" }), h("dd", {}, parts.z)),
           h("div", {}, h("dt", { text: "scored" }), h("dd", {}, parts.scored)))));
     const preview = new Preview(img, stream.id, {
-      interval: 1000, maxSide: 360,
+      interval: 1000, busyInterval: 3000, maxSide: 360,
       onStatus: (why) => { placeholder.hidden = why === null; if (why) setText(placeholder, why); },
     });
     const now = performance.now();

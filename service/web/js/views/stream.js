@@ -17,6 +17,11 @@ const EVENT_FIELDS = [
   ["max_seconds", "Longest event (s)", 1], ["pre_roll_seconds", "Clip pre-roll (s)", 0.5],
 ];
 const ALPHA_KEY = "vad-heatmap-alpha";
+const RATE_KEY = "vad-live-rate";
+// Pictures per second of the live view. Each costs the browser's machine ~15 ms of CPU (fetch,
+// decode, paint; bench/dashboard_load.py), so the default stays low; a viewer elsewhere can ask for more.
+const RATES = [1, 2, 4, 8];
+const DEFAULT_RATE = 2;
 
 export function field(name, label, input, hint) {
   input.id ||= `field-${name}`;
@@ -77,6 +82,11 @@ export function mount(root, id) {
   const alpha = h("input", { type: "range", id: "alpha", min: 0, max: 1, step: 0.05,
     value: localStorage.getItem(ALPHA_KEY) ?? 0.5 });
   const alphaValue = h("output", { for: "alpha" });
+  const paced = h("span", { class: "hint", id: "live-paced", role: "status", hidden: true,
+    text: "at most 1 per second while the model is busy" });
+  const storedRate = Number(localStorage.getItem(RATE_KEY));
+  const rate = h("select", { id: "live-rate" }, RATES.map((r) =>
+    h("option", { value: r, text: `${r} per second`, selected: r === (RATES.includes(storedRate) ? storedRate : DEFAULT_RATE) })));
 
   const drawButton = h("button", { type: "button", id: "draw-region", text: "Draw ignore region" });
   const finishButton = h("button", { type: "button", id: "finish-region", text: "Finish polygon", disabled: true });
@@ -119,6 +129,7 @@ export function mount(root, id) {
         h("h2", { id: "live-title", text: "Live view" }),
         h("div", { class: "frame editable" }, img, overlay, placeholder),
         h("div", { class: "slider" }, h("label", { for: "alpha", text: "Heatmap opacity" }), alpha, alphaValue),
+        h("div", { class: "slider" }, h("label", { for: "live-rate", text: "Live view" }), rate, paced),
         h("h3", { text: "Ignore regions" }), regionForm),
       h("div", { class: "side-col" },
         h("section", { class: "card", "aria-labelledby": "chart-title" },
@@ -141,13 +152,18 @@ export function mount(root, id) {
   const setAlphaText = () => setText(alphaValue, `${Math.round(alpha.value * 100)} %`);
   setAlphaText();
   const preview = new Preview(img, id, {
-    interval: 250, alpha: Number(alpha.value),
+    interval: 1000 / Number(rate.value), busyInterval: 1000, alpha: Number(alpha.value),
+    onBusy: (busy) => { paced.hidden = !busy; },
     onStatus: (why) => { placeholder.hidden = why === null; if (why) setText(placeholder, why); },
   });
   alpha.addEventListener("input", () => {
     localStorage.setItem(ALPHA_KEY, alpha.value);
     preview.setAlpha(Number(alpha.value));
     setAlphaText();
+  });
+  rate.addEventListener("change", () => {
+    localStorage.setItem(RATE_KEY, rate.value);
+    preview.interval = 1000 / Number(rate.value);
   });
   const onTheme = () => { chart.build(); chart.dirty = true; };
   window.addEventListener("themechange", onTheme);

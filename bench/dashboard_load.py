@@ -180,8 +180,12 @@ def run_round(url: str, args: argparse.Namespace, browser: BrowserDriver | None,
         marks[phase] = (time.monotonic(), _browser_cpu_seconds(server_pid) if browser is not None else None)
 
     def load() -> None:
-        result.update(bench_end_to_end(url, args.streams, args.seconds, source=args.data, transport="websocket",
-                                       server_pid=server_pid, settle_seconds=args.settle, on_timing=on_timing))
+        # Closed loop over the ingest WebSocket (the most the service scores), or cameras at a fixed
+        # rate over HTTP (--fps-per-stream: scoring keeps up; what changes is latency).
+        load = ({"transport": "websocket"} if args.fps_per_stream is None
+                else {"transport": "http", "fps_per_stream": args.fps_per_stream})
+        result.update(bench_end_to_end(url, args.streams, args.seconds, source=args.data, server_pid=server_pid,
+                                       settle_seconds=args.settle, on_timing=on_timing, **load))
         result["load_average_1min"] = round(os.getloadavg()[0], 2)
 
     if browser is not None:
@@ -223,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tabs", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=20.0, help="timed seconds per run")
     parser.add_argument("--rounds", type=int, default=2, help="runs per condition, alternating")
+    parser.add_argument("--fps-per-stream", type=float, default=None,
+                        help="push each stream at this rate over HTTP, like a camera (default: closed loop, as fast "
+                        "as the service scores)")
     parser.add_argument("--browser-priority", choices=("normal", "idle"), default="normal",
                         help="idle: the browser runs at SCHED_IDLE, standing in for a browser on another computer "
                         "(what remains is the service's own cost of serving the pages)")
@@ -279,7 +286,9 @@ def main(argv: list[str] | None = None) -> int:
         "streams": args.streams, "tabs": args.tabs, "seconds": args.seconds, "rounds": args.rounds,
         "backend": args.backend, "weights": str(args.weights.name), "frames": runs[0]["frames"],
         "browser_priority": args.browser_priority, "settle_seconds": args.settle,
-        "transport": "websocket (ingest), closed loop",
+        "fps_per_stream": args.fps_per_stream,
+        "transport": ("websocket (ingest), closed loop" if args.fps_per_stream is None
+                      else f"http, {args.fps_per_stream:g} fps per stream"),
         "baseline_fps": round(baseline, 2), "dashboard_fps": round(dashboard, 2),
         "ratio": round(dashboard / baseline, 3),
         "pair_ratios": [round(p, 3) for p in pairs],
@@ -296,18 +305,21 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# Dashboard load: scored fps with and without dashboard tabs",
         "",
-        f"{args.streams} streams pushed closed loop over the ingest WebSocket ({summary['frames']}), "
+        f"{args.streams} streams pushed {summary['transport']} ({summary['frames']}), "
         f"{args.backend} backend, {args.seconds:g} s per run, {args.rounds} runs per condition, alternating; "
         f"{summary['machine']['cpus']} CPUs. Dashboard: {args.tabs} headless Chromium tabs (the overview, and "
         f"stream pages), on the same machine, at {args.browser_priority} CPU priority; timed after "
         f"{args.settle:g} s of untimed load.",
         "",
-        "| run | condition | scored fps | server CPU ms/frame | browser CPU (cores) | previews/s per tab | load avg |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| run | condition | scored fps | latency p50 / p99 ms | server CPU ms/frame | browser CPU (cores) "
+        "| previews/s per tab | load avg |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in runs:
         server_ms = r.get("server_cpu_ms_per_frame")
+        latency = r.get("server_latency_ms") or {}
         lines.append(f"| {r['round']} | {r['condition']} | {r['fps']:.1f} | "
+                     f"{latency.get('p50', 0):.0f} / {latency.get('p99', 0):.0f} | "
                      f"{'–' if server_ms is None else f'{server_ms:.1f}'} | {r.get('browser_cpu_cores', '–')} | "
                      f"{r.get('previews_per_second_per_tab', '–')} | {r.get('load_average_1min')} |")
     lines += ["", f"Mean: baseline {baseline:.1f} fps, with the dashboard {dashboard:.1f} fps: "

@@ -6,7 +6,8 @@ These are plain frozen dataclasses, independent of HTTP: the API turns them into
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal
 
@@ -95,6 +96,8 @@ class StreamInfo:
     scoring: object | None = None  # service.score.ScoringView (None before the model is known)
     events: object | None = None  # service.events.EventParams
     open_event: str | None = None
+    # The manager's drops (frames_dropped) and, for a live stream, its source's, by reason.
+    frames_dropped_by_reason: Mapping[str, int] = field(default_factory=dict)
 
 
 class ServiceError(Exception):

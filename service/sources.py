@@ -239,6 +239,10 @@ class LiveSource:
     def alive(self) -> bool:
         return any(t.is_alive() for t in self._threads)
 
+    def drops(self) -> dict[str, int]:
+        """Frames dropped before they reached the stream, by reason (StreamSource.drops)."""
+        return {str(reason): count for reason, count in dict(self.dropped).items()}
+
     def stats(self) -> dict[str, Any]:
         return {
             "source": self.source,

@@ -99,6 +99,9 @@ class StreamSource(Protocol):
     def stop(self) -> None:
         """Stop producing and release the connection; called on DELETE and at shutdown (may block briefly)."""
 
+    def drops(self) -> Mapping[str, int]:
+        """Frames the source dropped before they reached the stream, by reason (stale, max_fps, ...)."""
+
 
 SourceFactory = Callable[[SourceRequest, "StreamManager"], StreamSource]
 
@@ -135,6 +138,7 @@ class _Stream:
     warming: int = 0
     scored: int = 0
     dropped: int = 0
+    dropped_by_reason: dict[str, int] = field(default_factory=dict)  # the manager's drops (`dropped`)
     pending: int = 0
     last_result: FrameResult | None = None
     last_timestamp: tuple[float, bool] | None = None  # the last frame's time, and whether the producer gave it
@@ -144,6 +148,11 @@ class _Stream:
 
     def info(self, events: EventEngine | None = None) -> StreamInfo:
         open_event = events.open_event(self.id) if events is not None else None
+        drops = dict(self.dropped_by_reason)
+        source_drops = getattr(self.live, "drops", None)  # a live source's own (a test's fake may have none)
+        if source_drops is not None:
+            for reason, count in source_drops().items():
+                drops[str(reason)] = drops.get(str(reason), 0) + count
         return StreamInfo(
             id=self.id, name=self.name, source=self.source, state=self.state, state_reason=self.state_reason,
             created_at=self.created_at, frames_received=self.received, frames_warming=self.warming,
@@ -151,6 +160,7 @@ class _Stream:
             last_result=self.last_result, model=self.slot.name, scoring=self.slot.scorer.view(self.id),
             events=events.params(self.id) if events is not None else None,
             open_event=open_event.id if open_event is not None else None,
+            frames_dropped_by_reason={str(reason): count for reason, count in drops.items()},
         )
 
 
@@ -608,6 +618,7 @@ class StreamManager:
             with stream.lock:
                 stream.pending -= 1
                 stream.dropped += 1
+                stream.dropped_by_reason[reason] = stream.dropped_by_reason.get(reason, 0) + 1
                 closed = stream.closed  # a deleted stream's series are gone: its DELETE answer counts these
             if not closed:
                 self.metrics.dropped(job.stream_id, reason)

@@ -233,6 +233,11 @@ class StreamOut(BaseModel):
     frames_dropped: int
     frames_warming: int
     frames_pending: int = Field(description="accepted, waiting for the model")
+    frames_dropped_by_reason: dict[str, int] = Field(
+        default_factory=dict,
+        description="frames not scored, by reason: the service's (overload, inference_error, ...; they make up "
+        "frames_dropped) and, for a camera, its source's before the stream (stale, max_fps, decode_error)",
+    )
     created_at: datetime
     last_result: FrameResultOut | None
     model: str = Field(description="the model scoring it (GET /v1/models)")
@@ -254,6 +259,7 @@ class StreamOut(BaseModel):
             id=s.id, name=s.name, source=s.source, state=s.state, state_reason=s.state_reason,
             frames_received=s.frames_received, frames_scored=s.frames_scored, frames_dropped=s.frames_dropped,
             frames_warming=s.frames_warming, frames_pending=s.frames_pending,
+            frames_dropped_by_reason=dict(s.frames_dropped_by_reason),
             created_at=datetime.fromtimestamp(s.created_at, UTC),
             last_result=FrameResultOut.from_domain(s.last_result) if s.last_result else None,
             model=s.model,

@@ -74,6 +74,7 @@ def test_overload_drops_oldest_waiting_frames_with_reason(start_server, video) -
     assert info["frames_received"] == 14 and info["frames_pending"] == 0
     assert info["frames_warming"] + info["frames_scored"] + info["frames_dropped"] == 14  # none lost
     assert info["frames_dropped"] == len(dropped)
+    assert info["frames_dropped_by_reason"] == {"overload": len(dropped)}
     metrics = server.metrics()
     assert metric_value(metrics, "vad_frames_dropped_total", {"stream": sid, "reason": "overload"}) == len(dropped)
     assert metric_value(metrics, "vad_frames_scored_total", {"stream": sid}) == info["frames_scored"]

@@ -10,6 +10,7 @@ from service.netguard import parse_networks
 from service.settings import SourceSettings
 from service.sources import source_factory
 from tests.support.rtsp import RtspCamera, wait_for
+from tests.support.serving import metric_value
 
 SETTINGS = SourceSettings(
     open_timeout_s=3.0, stall_timeout_s=2.0, backoff_initial_s=0.2, backoff_max_s=1.0,
@@ -41,6 +42,9 @@ def test_live_stream_is_scored_and_survives_a_camera_restart(camera_frames, star
         metrics = server.metrics()
         assert f'vad_source_reconnects_total{{stream="{stream_id}"}}' in metrics
         assert f'vad_frames_dropped_total{{reason="max_fps",stream="{stream_id}"}}' in metrics
+        thinned = metric_value(metrics, "vad_frames_dropped_total", {"stream": stream_id, "reason": "max_fps"})
+        by_reason = stream()["frames_dropped_by_reason"]  # the source's drops, before the stream
+        assert thinned > 0 and by_reason.get("max_fps", 0) >= thinned, (thinned, by_reason)
         deleted = client.delete(f"/v1/streams/{stream_id}")
         assert deleted.status_code == 200 and deleted.json()["state"] == "stopped"
         gone = server.metrics()

@@ -1,5 +1,5 @@
 // One stream: live score chart, live view with an opacity slider and ignore regions drawn on it,
-// counters (drops by reason from /metrics), model and calibration, warnings, and its settings.
+// counters (drops by reason), model and calibration, warnings, and its settings.
 
 import { api, fieldOf } from "../api.js";
 import { ScoreChart } from "../chart.js";
@@ -10,7 +10,6 @@ import { RegionEditor } from "../regions.js";
 import { stateLabel } from "./overview.js";
 
 const POLL_MS = 2000;
-const METRICS_MS = 5000;
 const EVENT_FIELDS = [
   ["min_frames", "Frames to open", 1], ["hysteresis", "Hysteresis (z)", 0.1],
   ["release_frames", "Frames to close", 1], ["cooldown_seconds", "Cooldown (s)", 1],
@@ -46,16 +45,6 @@ export function showError(form, error) {
 export function clearErrors(form) {
   for (const el of form.querySelectorAll(".field-error, .form-error")) el.textContent = "";
   for (const el of form.querySelectorAll("[aria-invalid]")) el.removeAttribute("aria-invalid");
-}
-
-function parseDrops(text, id) {
-  const drops = {};
-  for (const line of text.split("\n")) {
-    if (!line.startsWith("vad_frames_dropped_total{")) continue;
-    const labels = Object.fromEntries([...line.matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)].map((m) => [m[1], m[2]]));
-    if (labels.stream === id) drops[labels.reason] = Number(line.split(" ").at(-1));
-  }
-  return drops;
 }
 
 export function mount(root, id) {
@@ -285,6 +274,8 @@ export function mount(root, id) {
     setText(source, `source: ${stream.source}${stream.state_reason ? ` · ${stream.state_reason}` : ""}`);
     facts(counters, [["received", stream.frames_received], ["scored", stream.frames_scored],
       ["dropped", stream.frames_dropped], ["warming", stream.frames_warming], ["pending", stream.frames_pending]]);
+    const byReason = Object.entries(stream.frames_dropped_by_reason ?? {});
+    facts(drops, byReason.length ? byReason : [["none", 0]]);
     const cal = stream.calibration;
     facts(modelBox, [
       ["model", stream.model],
@@ -323,16 +314,6 @@ export function mount(root, id) {
         if (error.status === 404) break;
       }
       await new Promise((resolve) => setTimeout(resolve, POLL_MS));
-    }
-  })();
-  (async () => {
-    while (!stopped) {
-      try {
-        const shown = parseDrops(await api("/metrics"), id);
-        const rows = Object.entries(shown);
-        facts(drops, rows.length ? rows : [["none", 0]]);
-      } catch { facts(drops, [["unavailable", "–"]]); }
-      await new Promise((resolve) => setTimeout(resolve, METRICS_MS));
     }
   })();
 

@@ -42,47 +42,41 @@ DEFAULT_OUT = ROOT / "bench" / "results" / "dashboard"
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ped2"
 
 
-def _browser_cpu_seconds(server_pid: int | None) -> float | None:
-    """CPU seconds (user + system) of this process's descendants but the server's: Chromium's
-    processes and Playwright's driver. None without psutil."""
+def _browser_processes(server_pid: int | None) -> list[Any]:
+    """This process's descendants but the server's (psutil processes): Chromium's processes, the
+    Playwright driver and its Python. Empty without psutil."""
     try:
         import psutil
     except ImportError:
-        return None
-    me = psutil.Process()
-    skip: set[int] = set()
-    if server_pid is not None:
-        try:
-            server = psutil.Process(server_pid)
-            skip = {server_pid, *(p.pid for p in server.children(recursive=True))}
-        except psutil.Error:
-            pass
-    total = 0.0
-    for process in me.children(recursive=True):
-        if process.pid in skip:
-            continue
-        try:
-            times = process.cpu_times()
-            total += times.user + times.system
-        except psutil.Error:
-            pass
-    return total
-
-
-def _idle_priority(server_pid: int | None) -> None:
-    """SCHED_IDLE for the browser's processes (this process's descendants but the server's): they run
-    only on CPU time nothing else wants, which stands in for a browser on another computer."""
-    import psutil
-
+        return []
     skip: set[int] = set()
     if server_pid is not None:
         with contextlib.suppress(psutil.Error):
             server = psutil.Process(server_pid)
             skip = {server_pid, *(p.pid for p in server.children(recursive=True))}
-    for process in psutil.Process().children(recursive=True):
-        if process.pid not in skip:
-            with contextlib.suppress(OSError):
-                os.sched_setscheduler(process.pid, os.SCHED_IDLE, os.sched_param(0))
+    return [p for p in psutil.Process().children(recursive=True) if p.pid not in skip]
+
+
+def _browser_cpu_seconds(server_pid: int | None) -> float | None:
+    """CPU seconds (user + system) of the browser's processes. None without psutil."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    total = 0.0
+    for process in _browser_processes(server_pid):
+        with contextlib.suppress(psutil.Error):
+            times = process.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def _idle_priority(server_pid: int | None) -> None:
+    """SCHED_IDLE for the browser's processes: they run only on CPU time nothing else wants, which
+    stands in for a browser on another computer."""
+    for process in _browser_processes(server_pid):
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(process.pid, os.SCHED_IDLE, os.sched_param(0))
 
 
 class BrowserDriver:

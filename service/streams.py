@@ -148,11 +148,10 @@ class _Stream:
 
     def info(self, events: EventEngine | None = None) -> StreamInfo:
         open_event = events.open_event(self.id) if events is not None else None
-        drops = dict(self.dropped_by_reason)
+        drops = {str(reason): count for reason, count in self.dropped_by_reason.items()}
         source_drops = getattr(self.live, "drops", None)  # a live source's own (a test's fake may have none)
-        if source_drops is not None:
-            for reason, count in source_drops().items():
-                drops[str(reason)] = drops.get(str(reason), 0) + count
+        for reason, count in (source_drops() if source_drops is not None else {}).items():
+            drops[reason] = drops.get(reason, 0) + count
         return StreamInfo(
             id=self.id, name=self.name, source=self.source, state=self.state, state_reason=self.state_reason,
             created_at=self.created_at, frames_received=self.received, frames_warming=self.warming,
@@ -160,7 +159,7 @@ class _Stream:
             last_result=self.last_result, model=self.slot.name, scoring=self.slot.scorer.view(self.id),
             events=events.params(self.id) if events is not None else None,
             open_event=open_event.id if open_event is not None else None,
-            frames_dropped_by_reason={str(reason): count for reason, count in drops.items()},
+            frames_dropped_by_reason=drops,
         )
 
 

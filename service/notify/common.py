@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from ..eventtypes import Notification, Outbox
 from ..settings import NotifySettings
 
 # (receiver kind, outcome) -> None; the metrics layer passes one to count in Prometheus.
@@ -21,6 +22,16 @@ def retry_delay(settings: NotifySettings, attempts: int, rng: random.Random | No
     base = min(settings.webhook_backoff_max_s, settings.webhook_backoff_initial_s * 2.0 ** max(0, attempts - 1))
     jitter = (rng or random).uniform(-JITTER, JITTER)
     return max(0.0, min(settings.webhook_backoff_max_s, base * (1.0 + jitter)))
+
+
+def fail_attempt(outbox: Outbox, settings: NotifySettings, row: Notification, error: str, give_up: bool,
+                 clock: Callable[[], float], rng: random.Random | None = None) -> tuple[int, bool]:
+    """Record a failed attempt of `row` in the outbox: due again after retry_delay, or given up (asked
+    for, or after webhook_max_attempts). -> (attempts so far, given up). Raises what the outbox raises."""
+    attempts = row.attempts + 1
+    give_up = give_up or attempts >= settings.webhook_max_attempts
+    outbox.failed(row.id, error, None if give_up else clock() + retry_delay(settings, attempts, rng))
+    return attempts, give_up
 
 
 class OutcomeCounters:

@@ -46,7 +46,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from ..eventtypes import ChangeKind, Notification, Outbox
 from ..netguard import redact_text, redact_url
 from ..settings import NotifySettings
-from .common import OutcomeCallback, OutcomeCounters, RateLimitedLog, retry_delay
+from .common import OutcomeCallback, OutcomeCounters, RateLimitedLog, fail_attempt
 from .payload import MQTT_RECEIVER
 
 log = logging.getLogger("vad.notify.mqtt")
@@ -402,11 +402,8 @@ class MqttNotifier:
 
     def _record(self, row: Notification, error: str, give_up: bool = False) -> None:
         error = self._redact(error)[:300]
-        attempts = row.attempts + 1
-        give_up = give_up or attempts >= self.settings.webhook_max_attempts
-        next_at = None if give_up else self._clock() + retry_delay(self.settings, attempts, self._rng)
         try:
-            self.outbox.failed(row.id, error, next_at)
+            attempts, give_up = fail_attempt(self.outbox, self.settings, row, error, give_up, self._clock, self._rng)
         except Exception as exc:  # noqa: BLE001 - the row stays due and is tried again
             self._warn.warning("outbox", "MQTT: recording a failed notification failed: %s", exc)
             return

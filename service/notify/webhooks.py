@@ -36,7 +36,7 @@ import httpx
 from ..eventtypes import Notification, Outbox
 from ..netguard import AnyAddress, CheckedSource, SourceRefused, check_source_url, redact_text, redact_url
 from ..settings import NotifySettings, SourceSettings
-from .common import OutcomeCallback, OutcomeCounters, RateLimitedLog, retry_delay
+from .common import OutcomeCallback, OutcomeCounters, RateLimitedLog, fail_attempt
 from .payload import WEBHOOK_PREFIX, webhook_receiver_id, webhook_urls
 
 log = logging.getLogger("vad.notify.webhooks")
@@ -236,11 +236,8 @@ class WebhookNotifier:
 
     def _record(self, row: Notification, error: str, give_up: bool = False) -> None:
         error = self._redact(error)[:MAX_ERROR_CHARS]
-        attempts = row.attempts + 1
-        give_up = give_up or attempts >= self.settings.webhook_max_attempts
-        next_at = None if give_up else self._clock() + retry_delay(self.settings, attempts, self._rng)
         try:
-            self.outbox.failed(row.id, error, next_at)
+            attempts, give_up = fail_attempt(self.outbox, self.settings, row, error, give_up, self._clock, self._rng)
         except Exception as exc:  # noqa: BLE001 - the row stays due and is tried again
             self._warn.warning("outbox", "webhooks: recording a failed notification failed: %s", exc)
             return
